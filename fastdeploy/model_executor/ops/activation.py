@@ -1,0 +1,14 @@
+"""SiLU(gate) * up over a merged [.., 2 * I] gate_up projection."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    return silu_and_mul_ref(x)

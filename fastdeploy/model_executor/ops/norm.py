@@ -1,0 +1,21 @@
+"""RMSNorm, optionally fused with the residual add."""
+from __future__ import annotations
+
+import torch
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor | None = None):
+    """Returns norm(x) or, with a residual, (norm(x + residual), x + residual). Computed in fp32."""
+    orig_dtype = x.dtype
+    x = x.float()
+    if residual is not None:
+        x = x + residual.float()
+        residual = x.to(orig_dtype)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    out = (x * weight.float()).to(orig_dtype)
+    return out if residual is None else (out, residual)
+
+
+def rms_norm(x, weight, eps, residual=None):
+    return rms_norm_ref(x, weight, eps, residual)

@@ -1,0 +1,32 @@
+"""Rotary position embedding applied to q and k."""
+from __future__ import annotations
+
+import torch
+
+
+def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """x: [T, heads, rot_dim], cos/sin: [T, rot_dim // 2] (fp32).
+
+    interleaved=False is the NeoX/Llama layout (pairs are (i, i + d/2)); interleaved=True is the
+    GPT-J/GLM layout ERNIE uses (pairs are (2i, 2i + 1)). Computed in fp32.
+    """
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    xf = x.float()
+    if interleaved:
+        x1, x2 = xf[..., 0::2], xf[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    else:
+        x1, x2 = xf.chunk(2, dim=-1)
+        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.to(x.dtype)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]; rotates the first 2 * cos.shape[-1] dims."""
+    rot = 2 * cos.shape[-1]
+    if rot == q.shape[-1]:
+        return apply_rotary_ref(q, cos, sin, interleaved), apply_rotary_ref(k, cos, sin, interleaved)
+    q = torch.cat((apply_rotary_ref(q[..., :rot], cos, sin, interleaved), q[..., rot:]), dim=-1)
+    k = torch.cat((apply_rotary_ref(k[..., :rot], cos, sin, interleaved), k[..., rot:]), dim=-1)
+    return q, k
