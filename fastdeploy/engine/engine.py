@@ -1,0 +1,190 @@
+"""The engine: loads the model, admits requests and runs scheduler steps until they finish."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from fastdeploy.engine.block_manager import BlockManager
+from fastdeploy.engine.config import SUPPORTED_DTYPES, EngineArgs
+from fastdeploy.engine.output_processor import OutputProcessor
+from fastdeploy.engine.request import Request, RequestOutput
+from fastdeploy.engine.sampling_params import SamplingParams
+from fastdeploy.engine.scheduler import Scheduler
+from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
+from fastdeploy.model_executor.loader import load_config
+from fastdeploy.utils.logger import get_logger
+from fastdeploy.utils.model_resolver import resolve_model
+from fastdeploy.worker.model_runner import ModelRunner
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs):
+        self.args = args
+        self.model_path = resolve_model(args.model)
+        self.hf_config = load_config(self.model_path)
+        self.device = args.torch_device
+        self.dtype = _resolve_dtype(args.dtype, self.hf_config, self.device)
+        self.tokenizer = load_tokenizer(self.model_path, args.tokenizer)
+        if args.chat_template is not None:
+            self.tokenizer.chat_template = _read_template(args.chat_template)
+        self.eos_token_ids = frozenset(get_eos_token_ids(self.tokenizer, self.model_path))
+        self.generation_config = _read_generation_config(self.model_path)
+        _check_tensor_parallel(args, self.hf_config)
+        max_pos = getattr(self.hf_config, "max_position_embeddings", None)
+        if max_pos is not None and args.max_model_len > max_pos:
+            get_logger().warning(f"max_model_len {args.max_model_len} exceeds the model's "
+                                 f"max_position_embeddings {max_pos}")
+        self.runner = ModelRunner(self.model_path, self.hf_config, args, self.dtype, self.device)
+        self.block_manager = BlockManager(self.runner.num_blocks, args.block_size, args.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
+                                   args.enable_chunked_prefill,
+                                   prefill_block_limit=max(1, int(self.runner.num_blocks * args.kv_cache_ratio)))
+        reasoning_cls = None
+        if args.reasoning_parser is not None:
+            from fastdeploy.reasoning import ReasoningParserManager
+            reasoning_cls = ReasoningParserManager.get_reasoning_parser(args.reasoning_parser)
+        self.output_processor = OutputProcessor(self.tokenizer, args.max_model_len, reasoning_cls)
+        self._ids = itertools.count()
+
+    # ---- requests -----------------------------------------------------------------------------
+    def make_requests(self, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
+                      extra_keys=None) -> list[Request]:
+        """Validates one prompt against the model and the cache and expands it into n requests."""
+        vocab = self.hf_config.vocab_size
+        if not prompt_token_ids:
+            raise ValueError("prompt is empty: it must have at least one token")
+        bad = [t for t in prompt_token_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt_token_ids hold ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        n_prompt = len(prompt_token_ids)
+        params = params.resolved(self.generation_config)
+        min_tokens = params.min_tokens
+        if n_prompt + min_tokens >= self.args.max_model_len or n_prompt >= self.args.max_model_len:
+            raise ValueError(f"prompt length {n_prompt} (+ min_tokens {min_tokens}) must be less than "
+                             f"max_model_len {self.args.max_model_len}")
+        capacity = self.runner.num_blocks * self.args.block_size
+        if n_prompt + 1 > capacity:
+            raise ValueError(f"prompt length {n_prompt} does not fit the KV cache ({capacity} tokens)")
+        max_tokens = min(params.max_tokens or self.args.max_model_len, self.args.max_model_len - n_prompt)
+        stop_ids = frozenset(params.stop_token_ids or ())
+        bad_words = self._bad_words_token_ids(params.bad_words)
+        requests = []
+        for i in range(params.n):
+            # each of the n samples draws its own random stream
+            sample_params = params if i == 0 else dataclasses.replace(params, seed=params.seed + i)
+            requests.append(Request(
+                request_id=str(next(self._ids)), prompt=prompt, prompt_token_ids=list(prompt_token_ids),
+                sampling_params=sample_params, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,
+                stop_token_ids=stop_ids, bad_words_token_ids=bad_words, index=i, extra_keys=extra_keys))
+        return requests
+
+    def _bad_words_token_ids(self, bad_words: list[str] | None) -> list[list[int]]:
+        """Each bad word as token ids, with and without a leading space (as it appears mid-text)."""
+        out = []
+        for word in bad_words or ():
+            for variant in (word, " " + word.lstrip()):
+                ids = self.tokenizer.encode(variant, add_special_tokens=False)
+                if ids and ids not in out:
+                    out.append(ids)
+        return out
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, requests: list[Request], on_finish: Callable[[Request], None] | None = None) -> None:
+        """Runs the requests to completion. A failing step aborts them all, frees their blocks and
+        re-raises, so the engine stays usable for the next call."""
+        for req in requests:
+            req.metrics.arrival_time = time.time()
+            self.output_processor.add_request(req)
+            self.scheduler.add(req)
+        try:
+            while self.scheduler.has_unfinished():
+                for req in self.step():
+                    if on_finish is not None:
+                        on_finish(req)
+        except BaseException:
+            for req in requests:
+                if not req.is_finished:
+                    self.scheduler.finish(req)
+                    self.output_processor.make_output(req)
+            raise
+
+    def step(self) -> list[Request]:
+        """One scheduler step and one forward; returns the requests it finished."""
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            if self.scheduler.has_unfinished():
+                raise RuntimeError("the scheduler can make no progress: a request does not fit the KV cache")
+            return []
+        now = time.time()
+        for s in sched.scheduled:
+            m = s.request.metrics
+            if not m.inference_start_time:
+                m.inference_start_time = now
+                m.time_in_queue = now - m.arrival_time
+        try:
+            out = self.runner.execute(sched.scheduled)
+        except Exception as e:
+            raise RuntimeError(f"model step failed: {type(e).__name__}: {e}") from e
+        self.scheduler.update_after_step(sched.scheduled)
+        finished = []
+        sampled = (s.request for s in sched.scheduled if s.samples)
+        now = time.time()
+        for i, req in enumerate(sampled):
+            req.metrics.model_forward_time += out.forward_time
+            if req.num_output_tokens == 0:
+                req.metrics.first_token_time = now - req.metrics.inference_start_time
+            try:
+                self.output_processor.append_token(req, out.token_ids[i],
+                                                   out.logprobs[i] if out.logprobs else None)
+            except Exception as e:     # one request's output failing must not lose the others
+                req.finish_reason = "error"
+                req.error_msg = f"output processing failed: {type(e).__name__}: {e}"
+            if req.finish_reason is not None:
+                req.metrics.model_execute_time = now - req.metrics.arrival_time
+                self.scheduler.finish(req)
+                finished.append(req)
+        return finished
+
+
+def _resolve_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
+    if SUPPORTED_DTYPES[name] is not None:
+        return SUPPORTED_DTYPES[name]
+    if device.type == "cpu":
+        return torch.float32       # fp16/bf16 matmuls are slow on most CPUs
+    ckpt = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+    ckpt = getattr(torch, ckpt) if isinstance(ckpt, str) else ckpt
+    return ckpt if ckpt in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def _read_generation_config(model_path: str) -> dict:
+    path = os.path.join(model_path, "generation_config.json")
+    if os.path.isdir(model_path) and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def _read_template(template: str) -> str:
+    if os.path.exists(template):
+        with open(template) as f:
+            return f.read()
+    return template
+
+
+def _check_tensor_parallel(args: EngineArgs, hf_config) -> None:
+    n = args.tensor_parallel_size
+    if n == 1:
+        return
+    heads = hf_config.num_attention_heads
+    if heads % n:
+        raise ValueError(f"tensor_parallel_size {n} must divide the number of attention heads ({heads})")
+    available = torch.cuda.device_count() if args.torch_device.type == "cuda" else os.cpu_count()
+    if n > available:
+        raise ValueError(f"tensor_parallel_size {n} exceeds the {available} devices present")
+    raise ValueError(f"tensor_parallel_size {n} is not supported yet: this build runs on one device")

@@ -1,0 +1,106 @@
+"""Requests inside the engine, and the outputs a user gets back (FastDeploy's RequestOutput family)."""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastdeploy.engine.sampling_params import SamplingParams
+
+
+@dataclass
+class RequestMetrics:
+    """Timestamps are `time.time()` seconds; the other fields are durations in seconds."""
+    arrival_time: float = 0.0            # the request reached the engine
+    inference_start_time: float = 0.0    # first scheduled into a batch
+    first_token_time: float = 0.0        # duration from inference start to the first output token
+    time_in_queue: float = 0.0           # inference_start_time - arrival_time
+    model_forward_time: float = 0.0      # summed forward time of the steps this request took part in
+    model_execute_time: float = 0.0      # arrival to finish: queueing, pre/post-processing, forwards
+
+
+@dataclass
+class CompletionOutput:
+    index: int = 0
+    send_idx: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    reasoning_content: str | None = None
+    finish_reason: str | None = None
+    # per output token: {token_id: logprob} of the sampled token and the top `logprobs` tokens
+    logprobs: list[dict[int, float]] | None = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: CompletionOutput
+    finished: bool = False
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    num_cached_tokens: int = 0
+    error_code: int = 200
+    error_msg: str = ""
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Request:
+    """One sequence being generated. Preemption frees its blocks and resets `num_computed_tokens`:
+    when readmitted it recomputes its prompt and the tokens it already produced."""
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    max_tokens: int                                   # resolved against max_model_len
+    eos_token_ids: frozenset[int] = frozenset()
+    stop_token_ids: frozenset[int] = frozenset()
+    bad_words_token_ids: list[list[int]] = field(default_factory=list)
+    index: int = 0                                    # which of the n samples of its prompt
+    extra_keys: Any = None                            # e.g. image hashes, mixed into prefix-cache keys
+    output_token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] | None = None
+    status: RequestStatus = RequestStatus.WAITING
+    num_computed_tokens: int = 0
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)   # chained keys of its full blocks, in order
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
+    finish_reason: str | None = None
+    error_msg: str = ""
+    metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(arrival_time=time.time()))
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    def token_at(self, pos: int) -> int:
+        n = len(self.prompt_token_ids)
+        return self.prompt_token_ids[pos] if pos < n else self.output_token_ids[pos - n]
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        n = len(self.prompt_token_ids)
+        if end <= n:
+            return self.prompt_token_ids[start:end]
+        if start >= n:
+            return self.output_token_ids[start - n:end - n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - n]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == RequestStatus.FINISHED

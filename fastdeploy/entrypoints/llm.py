@@ -1,0 +1,181 @@
+"""`LLM`: FastDeploy's offline inference entry point."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from fastdeploy.engine.config import EngineArgs
+from fastdeploy.engine.engine import LLMEngine
+from fastdeploy.engine.request import Request, RequestOutput
+from fastdeploy.engine.sampling_params import SamplingParams
+
+
+class LLM:
+    """Loads a model and serves batches of prompts or conversations with continuous batching.
+
+    `model`: a local HF or ERNIE-Paddle directory, a `.gguf` file, a hub id (local caches first), or
+    None for the built-in SmolLM2-135M-Instruct. Engine arguments use FastDeploy's names.
+    """
+
+    def __init__(self, model: str | None = None, revision: str | None = None, tokenizer: str | None = None,
+                 enable_logprob: bool = False, chat_template: str | None = None, **engine_args):
+        args = EngineArgs.from_kwargs(model=model, revision=revision, tokenizer=tokenizer,
+                                      enable_logprob=enable_logprob, chat_template=chat_template,
+                                      **engine_args)
+        self.llm_engine = LLMEngine(args)
+        self.tokenizer = self.llm_engine.tokenizer
+
+    # ---- public API ---------------------------------------------------------------------------
+    def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Completes prompts as given (no chat template). `prompts`: str, list[str], list[int] (one
+        tokenized prompt), list[list[int]], a dict with `prompt` / `prompt_token_ids` /
+        `multimodal_data`, or a list of such dicts."""
+        items = _normalize_prompts(prompts)
+        params = self._params_per_prompt(sampling_params, len(items))
+        requests = []
+        for item, p in zip(items, params):
+            text, token_ids = self._tokenize(item)
+            requests.append((text, token_ids, p, True))
+        return self._run(requests, use_tqdm)
+
+    def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, chat_template_kwargs: dict[str, Any] | None = None,
+             chat_template: str | None = None) -> list[RequestOutput]:
+        """Renders each conversation with the model's chat template (plus `chat_template_kwargs`,
+        e.g. `{"enable_thinking": False}`) and generates the assistant's reply."""
+        conversations = _normalize_conversations(messages)
+        params = self._params_per_prompt(sampling_params, len(conversations))
+        kwargs = dict(chat_template_kwargs or {})
+        if not isinstance(kwargs.get("enable_thinking", True), bool):
+            raise ValueError("chat_template_kwargs['enable_thinking'] must be a bool")
+        enable_thinking = kwargs.get("enable_thinking", True)
+        requests = []
+        for conv, p in zip(conversations, params):
+            prompt = self.render_chat(conv, chat_template=chat_template, **kwargs)
+            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+            requests.append((prompt, token_ids, p, enable_thinking))
+        return self._run(requests, use_tqdm)
+
+    def render_chat(self, conversation: list[dict], chat_template: str | None = None, **kwargs) -> str:
+        if chat_template is None and not self.tokenizer.chat_template:
+            raise ValueError("this model has no chat template: pass chat_template=... or use generate()")
+        return self.tokenizer.apply_chat_template(
+            [_text_only(m) for m in conversation], tokenize=False, add_generation_prompt=True,
+            chat_template=chat_template, **kwargs)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _params_per_prompt(self, sampling_params, n: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [SamplingParams()] * n
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * n
+        if isinstance(sampling_params, (list, tuple)):
+            if len(sampling_params) != n:
+                raise ValueError(f"sampling_params has {len(sampling_params)} entries for {n} prompts: "
+                                 "pass one SamplingParams or one per prompt")
+            for p in sampling_params:
+                if not isinstance(p, SamplingParams):
+                    raise TypeError(f"sampling_params entries must be SamplingParams, got {type(p).__name__}")
+            return list(sampling_params)
+        raise TypeError(f"sampling_params must be a SamplingParams or a list of them, "
+                        f"got {type(sampling_params).__name__}")
+
+    def _tokenize(self, item: dict) -> tuple[str | None, list[int]]:
+        if item.get("multimodal_data"):
+            raise ValueError("multimodal_data needs a multimodal model loaded with enable_mm=True")
+        if item.get("prompt_token_ids") is not None:
+            return item.get("prompt"), list(item["prompt_token_ids"])
+        text = item["prompt"]
+        return text, self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _run(self, prompts: list[tuple], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        # validate every prompt before any work starts, so a bad one never half-runs a batch
+        groups = [(engine.make_requests(text, ids, p), thinking) for text, ids, p, thinking in prompts]
+        requests = [r for reqs, _ in groups for r in reqs]
+        thinking = {r.request_id: t for reqs, t in groups for r in reqs}
+        outputs: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm)
+
+        def on_finish(req: Request) -> None:
+            outputs[req.request_id] = engine.output_processor.make_output(req, thinking[req.request_id])
+            bar.update(1)
+
+        try:
+            engine.run(requests, on_finish)
+        finally:
+            bar.close()
+        return [outputs[r.request_id] for r in requests]
+
+
+def _normalize_prompts(prompts) -> list[dict]:
+    if isinstance(prompts, (str, dict)):
+        prompts = [prompts]
+    elif isinstance(prompts, (list, tuple)) and prompts and all(_is_token_id(t) for t in prompts):
+        prompts = [list(prompts)]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a str, a list of str, a list of token ids, a list of token-id "
+                         f"lists, a dict or a list of dicts; got {type(prompts).__name__} {prompts!r:.80}")
+    items = []
+    for p in prompts:
+        if isinstance(p, str):
+            items.append({"prompt": p})
+        elif isinstance(p, (list, tuple)) and all(_is_token_id(t) for t in p):
+            items.append({"prompt_token_ids": list(p)})
+        elif isinstance(p, dict):
+            unknown = set(p) - {"prompt", "prompt_token_ids", "multimodal_data"}
+            if unknown:
+                raise ValueError(f"prompt dict has unknown keys {sorted(unknown)}; allowed: prompt, "
+                                 "prompt_token_ids, multimodal_data")
+            if p.get("prompt") is None and p.get("prompt_token_ids") is None:
+                raise ValueError("prompt dict needs 'prompt' or 'prompt_token_ids'")
+            if p.get("prompt") is not None and not isinstance(p["prompt"], str):
+                raise TypeError(f"prompt must be a str, got {type(p['prompt']).__name__}")
+            ids = p.get("prompt_token_ids")
+            if ids is not None and not (isinstance(ids, (list, tuple)) and all(_is_token_id(t) for t in ids)):
+                raise TypeError("prompt_token_ids must be a list of int token ids")
+            items.append(p)
+        else:
+            raise TypeError(f"each prompt must be a str, a list of token ids or a dict, got {type(p).__name__}")
+    return items
+
+
+def _is_token_id(t) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def _normalize_conversations(messages) -> list[list[dict]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a conversation (a list of message dicts) or a list of them")
+    conversations = [messages] if isinstance(messages[0], dict) else messages
+    for conv in conversations:
+        if not isinstance(conv, (list, tuple)) or not conv:
+            raise ValueError("each conversation must be a non-empty list of message dicts")
+        for m in conv:
+            if not isinstance(m, dict) or "role" not in m:
+                raise ValueError(f"each message must be a dict with a 'role', got {m!r:.80}")
+            if "content" not in m:
+                raise ValueError(f"message with role {m['role']!r} has no 'content'")
+    return [list(c) for c in conversations]
+
+
+def _text_only(message: dict) -> dict:
+    """Flattens OpenAI-style content parts to text; media parts need a multimodal model."""
+    content = message["content"]
+    if content is None or isinstance(content, str):
+        return message
+    if not isinstance(content, list):
+        raise ValueError(f"message content must be a str or a list of parts, got {type(content).__name__}")
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(part.get("text", ""))
+        elif kind in ("image_url", "video_url", "image", "video"):
+            raise ValueError(f"content part of type {kind!r} needs a multimodal model loaded with enable_mm=True")
+        else:
+            raise ValueError(f"unknown content part type {kind!r}; known: text, image_url, video_url")
+    return {**message, "content": "".join(texts)}

@@ -1,0 +1,178 @@
+"""Runs the model for one scheduled step: builds the flat batch, runs the forward, samples.
+
+Owns the model, the paged KV cache (sized by profiling free memory) and the sampler.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fastdeploy.engine.scheduler import ScheduledRequest
+from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
+from fastdeploy.model_executor.loader import get_model
+from fastdeploy.utils.logger import get_logger
+from fastdeploy.worker.sampler import Sampler, SamplingMetadata
+
+# On the CPU the KV cache takes this share of the RAM that is available after the weights load,
+# leaving the rest to activations, the tokenizer and whatever else runs on the machine.
+CPU_KV_CACHE_FRACTION = 0.25
+
+
+@dataclass
+class StepOutput:
+    token_ids: list[int]                          # one per sampling request, in scheduled order
+    logprobs: list[dict[int, float]] | None       # idem, when any request asked for logprobs
+    forward_time: float
+
+
+class ModelRunner:
+    def __init__(self, model_path: str, hf_config, args, dtype: torch.dtype, device: torch.device):
+        self.args = args
+        self.hf_config = hf_config
+        self.dtype = dtype
+        self.device = device
+        self.block_size = args.block_size
+        torch.manual_seed(args.seed)
+        self.model = get_model(model_path, hf_config, dtype, device, args.load_format)
+        self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.sampler = Sampler()
+        self.vocab_size = hf_config.vocab_size
+        self.num_blocks = self._profile_num_blocks()
+        self._allocate_kv_cache(self.num_blocks)
+
+    # ---- KV cache -----------------------------------------------------------------------------
+    def _kv_block_bytes(self) -> int:
+        a = self.attention_layers[0]
+        per_layer = 2 * self.block_size * a.num_kv_heads * a.head_dim
+        return per_layer * len(self.attention_layers) * torch.empty((), dtype=self.dtype).element_size()
+
+    def _profile_num_blocks(self) -> int:
+        log = get_logger()
+        if self.args.num_gpu_blocks_override is not None:
+            num_blocks = self.args.num_gpu_blocks_override
+        elif self.device.type == "cuda":
+            num_blocks = self._profile_cuda()
+        else:
+            num_blocks = int(_available_ram() * CPU_KV_CACHE_FRACTION // self._kv_block_bytes())
+        if num_blocks < 1:
+            raise RuntimeError("no memory is left for the KV cache after loading the model: lower "
+                               "max_num_batched_tokens or raise gpu_memory_utilization")
+        log.info(f"Doing profile, the total_block_num:{num_blocks}")
+        log.info(f"Reset block num, the total_block_num:{num_blocks}, "
+                 f"prefill_kvcache_block_num:{int(num_blocks * self.args.kv_cache_ratio)}")
+        return num_blocks
+
+    def _profile_cuda(self) -> int:
+        """Runs a fake prefill of max_num_batched_tokens tokens to measure peak activation memory;
+        the KV cache gets what gpu_memory_utilization leaves after it."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        n = self.args.max_num_batched_tokens
+        seq_lens = []
+        while n > 0:
+            seq_lens.append(min(n, self.args.max_model_len))
+            n -= seq_lens[-1]
+        blocks_per_seq = -(-max(seq_lens) // self.block_size)
+        self._allocate_kv_cache(blocks_per_seq * len(seq_lens))
+        input_ids = torch.zeros(sum(seq_lens), dtype=torch.long, device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in seq_lens])
+        tables = torch.arange(blocks_per_seq * len(seq_lens), dtype=torch.int32,
+                              device=self.device).view(len(seq_lens), blocks_per_seq)
+        md = self._attention_metadata(seq_lens, seq_lens, tables, slot_mapping=None)
+        with torch.inference_mode():
+            hidden = self.model(input_ids, positions, md)
+            self.model.compute_logits(hidden[:self.args.max_num_seqs])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        self._free_kv_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        # memory other processes hold is not ours to take
+        used_by_others = total - free - torch.cuda.memory_reserved(self.device)
+        budget = total * self.args.gpu_memory_utilization - peak - used_by_others
+        return int(budget // self._kv_block_bytes())
+
+    def _allocate_kv_cache(self, num_blocks: int) -> None:
+        a = self.attention_layers[0]
+        self.kv_cache = torch.zeros(2, len(self.attention_layers), num_blocks, self.block_size,
+                                    a.num_kv_heads, a.head_dim, dtype=self.dtype, device=self.device)
+        for i, layer in enumerate(self.attention_layers):
+            layer.k_cache = self.kv_cache[0, i]
+            layer.v_cache = self.kv_cache[1, i]
+
+    def _free_kv_cache(self) -> None:
+        for layer in self.attention_layers:
+            layer.k_cache = layer.v_cache = torch.empty(0)
+        del self.kv_cache
+        torch.cuda.empty_cache()
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _attention_metadata(self, query_lens: list[int], seq_lens: list[int], block_tables: torch.Tensor,
+                            slot_mapping: torch.Tensor | None) -> AttentionMetadata:
+        starts = [0]
+        for n in query_lens:
+            starts.append(starts[-1] + n)
+        if slot_mapping is None:        # profiling: write each sequence into its own blocks
+            slot_mapping = torch.cat([
+                block_tables[b, torch.arange(n, device=self.device) // self.block_size].long() * self.block_size
+                + torch.arange(n, device=self.device) % self.block_size for b, n in enumerate(query_lens)])
+        return AttentionMetadata(
+            slot_mapping=slot_mapping,
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device),
+            block_tables=block_tables,
+            max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+            query_lens_cpu=query_lens, seq_lens_cpu=seq_lens)
+
+    def _prepare(self, scheduled: list[ScheduledRequest]):
+        bs = self.block_size
+        input_ids, positions, slots, query_lens, seq_lens, sample_rows = [], [], [], [], [], []
+        max_blocks = max(len(s.request.block_table) for s in scheduled)
+        tables = []
+        for s in scheduled:
+            req, start = s.request, s.request.num_computed_tokens
+            end = start + s.num_new_tokens
+            input_ids.extend(req.tokens(start, end))
+            positions.extend(range(start, end))
+            table = req.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            query_lens.append(s.num_new_tokens)
+            seq_lens.append(end)
+            tables.append(table + [0] * (max_blocks - len(table)))
+            if s.samples:
+                sample_rows.append(len(input_ids) - 1)
+        dev = self.device
+        md = self._attention_metadata(
+            query_lens, seq_lens, torch.tensor(tables, dtype=torch.int32, device=dev),
+            torch.tensor(slots, dtype=torch.long, device=dev))
+        return (torch.tensor(input_ids, dtype=torch.long, device=dev),
+                torch.tensor(positions, dtype=torch.long, device=dev), md,
+                torch.tensor(sample_rows, dtype=torch.long, device=dev))
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledRequest]) -> StepOutput:
+        t0 = time.perf_counter()
+        input_ids, positions, md, sample_rows = self._prepare(scheduled)
+        hidden = self.model(input_ids, positions, md)
+        sampling = [s.request for s in scheduled if s.samples]
+        if not sampling:
+            return StepOutput([], None, time.perf_counter() - t0)
+        logits = self.model.compute_logits(hidden[sample_rows])
+        meta = SamplingMetadata.build(sampling, self.vocab_size, self.device)
+        out = self.sampler(logits, meta)
+        token_ids = out.token_ids.tolist()
+        return StepOutput(token_ids, out.logprobs_as_dicts() if meta.max_num_logprobs else None,
+                          time.perf_counter() - t0)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
