@@ -4,9 +4,10 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastdeploy.engine.sampling_params import SamplingParams
+if TYPE_CHECKING:
+    from fastdeploy.engine.sampling_params import SamplingParams
 
 
 @dataclass
@@ -88,10 +89,6 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
-
-    def token_at(self, pos: int) -> int:
-        n = len(self.prompt_token_ids)
-        return self.prompt_token_ids[pos] if pos < n else self.output_token_ids[pos - n]
 
     def tokens(self, start: int, end: int) -> list[int]:
         n = len(self.prompt_token_ids)

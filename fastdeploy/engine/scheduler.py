@@ -19,11 +19,10 @@ from fastdeploy.engine.request import Request, RequestStatus
 class ScheduledRequest:
     request: Request
     num_new_tokens: int
+    samples: bool = False      # the step reaches the end of the request's tokens: its logits give a token
 
-    @property
-    def samples(self) -> bool:
-        """Whether this step reaches the end of the request's tokens, so its logits give a new token."""
-        return self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+    def __post_init__(self):
+        self.samples = self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
 
 
 @dataclass
