@@ -39,6 +39,7 @@ class EngineArgs:
     load_format: str = "auto"
     num_gpu_blocks_override: int | None = None    # fixes the KV cache size instead of profiling
     enforce_eager: bool = False                   # True: no CUDA graphs
+    skip_tokenizer_init: bool = False             # token ids in and out only (e.g. dummy-weight benchmarks)
     # accepted for compatibility with FastDeploy's serving arguments; unused offline
     port: int | None = None
     metrics_port: int | None = None
@@ -87,7 +88,7 @@ class EngineArgs:
             raise ValueError(f"limit_mm_per_prompt must be a dict such as {{'image': 4}}, "
                              f"got {type(self.limit_mm_per_prompt).__name__}")
         for flag in ("enable_prefix_caching", "enable_chunked_prefill", "enable_mm", "enable_logprob",
-                     "enforce_eager"):
+                     "enforce_eager", "skip_tokenizer_init"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
 

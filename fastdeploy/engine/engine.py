@@ -30,10 +30,13 @@ class LLMEngine:
         self.hf_config = load_config(self.model_path)
         self.device = args.torch_device
         self.dtype = _resolve_dtype(args.dtype, self.hf_config, self.device)
-        self.tokenizer = load_tokenizer(self.model_path, args.tokenizer)
-        if args.chat_template is not None:
-            self.tokenizer.chat_template = _read_template(args.chat_template)
-        self.eos_token_ids = frozenset(get_eos_token_ids(self.tokenizer, self.model_path))
+        self.tokenizer = None
+        self.eos_token_ids = frozenset()
+        if not args.skip_tokenizer_init:
+            self.tokenizer = load_tokenizer(self.model_path, args.tokenizer)
+            if args.chat_template is not None:
+                self.tokenizer.chat_template = _read_template(args.chat_template)
+            self.eos_token_ids = frozenset(get_eos_token_ids(self.tokenizer, self.model_path))
         self.generation_config = _read_generation_config(self.model_path)
         _check_tensor_parallel(args, self.hf_config)
         max_pos = getattr(self.hf_config, "max_position_embeddings", None)
@@ -86,6 +89,8 @@ class LLMEngine:
 
     def _bad_words_token_ids(self, bad_words: list[str] | None) -> list[list[int]]:
         """Each bad word as token ids, with and without a leading space (as it appears mid-text)."""
+        if bad_words and self.tokenizer is None:
+            raise ValueError("bad_words needs a tokenizer (the engine was started with skip_tokenizer_init)")
         out = []
         for word in bad_words or ():
             for variant in (word, " " + word.lstrip()):

@@ -14,7 +14,8 @@ class OutputProcessor:
         self.texts: dict[str, str] = {}
 
     def add_request(self, req: Request) -> None:
-        self.detokenizers[req.request_id] = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids)
+        if self.tokenizer is not None:
+            self.detokenizers[req.request_id] = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids)
         self.texts[req.request_id] = ""
 
     def append_token(self, req: Request, token_id: int, logprobs: dict[int, float] | None) -> None:
@@ -23,7 +24,8 @@ class OutputProcessor:
         if logprobs is not None:
             req.logprobs = (req.logprobs or []) + [logprobs]
         params = req.sampling_params
-        delta = self.detokenizers[req.request_id].add(token_id)
+        detokenizer = self.detokenizers.get(req.request_id)
+        delta = detokenizer.add(token_id) if detokenizer is not None else ""
         text = self.texts[req.request_id] + delta
         self.texts[req.request_id] = text
         n = req.num_output_tokens

@@ -60,6 +60,7 @@ class LLM:
         return self._run(requests, use_tqdm)
 
     def render_chat(self, conversation: list[dict], chat_template: str | None = None, **kwargs) -> str:
+        self._require_tokenizer("chat")
         if chat_template is None and not self.tokenizer.chat_template:
             raise ValueError("this model has no chat template: pass chat_template=... or use generate()")
         return self.tokenizer.apply_chat_template(
@@ -89,7 +90,13 @@ class LLM:
         if item.get("prompt_token_ids") is not None:
             return item.get("prompt"), list(item["prompt_token_ids"])
         text = item["prompt"]
+        self._require_tokenizer("text prompts")
         return text, self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _require_tokenizer(self, what: str) -> None:
+        if self.tokenizer is None:
+            raise ValueError(f"{what} need a tokenizer, but the engine was started with skip_tokenizer_init=True: "
+                             "pass prompt_token_ids instead")
 
     def _run(self, prompts: list[tuple], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine

@@ -1,0 +1,244 @@
+"""Speed of this engine beside `transformers.generate` and the hardware floor, per ../shared/bench.md.
+
+    python benchmarks/bench.py --workloads cpu-real
+    python benchmarks/bench.py --workloads gpu --quick      # every GPU workload, sized for one device call
+
+Prints one JSON line per workload and a table last; appends the results to benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fastdeploy import LLM, SamplingParams  # noqa: E402
+
+SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+                         max_position_embeddings=8192),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
+                      max_position_embeddings=8192),
+}
+
+
+def shape_dir(name: str) -> str:
+    """A directory with only config.json: enough for load_format='dummy'."""
+    d = os.path.join(tempfile.gettempdir(), f"fd-bench-{name}")
+    os.makedirs(d, exist_ok=True)
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", rms_norm_eps=1e-5, torch_dtype="bfloat16",
+               bos_token_id=1, eos_token_id=2, hidden_act="silu", **SHAPES[name])
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return d
+
+
+def param_bytes(name: str, dtype_bytes: int = 2) -> tuple[int, int]:
+    """(all parameters, parameters read per decode step: all but the embedding table when untied)."""
+    s = SHAPES[name]
+    h, i, L, v = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], s["vocab_size"]
+    hd = h // s["num_attention_heads"]
+    attn = h * hd * (s["num_attention_heads"] * 2 + s["num_key_value_heads"] * 2)
+    layer = attn + 3 * h * i + 2 * h
+    body = L * layer + h
+    embed = v * h
+    total = body + embed * (1 if s["tie_word_embeddings"] else 2)
+    return total * dtype_bytes, (body + embed) * dtype_bytes
+
+
+def measure_bandwidth() -> float:
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 2 * x.numel() * 10 / (time.perf_counter() - t)
+
+
+def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def random_prompts(n, lens, vocab, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(10, vocab - 10) for _ in range(rng.choice(lens) if isinstance(lens, list) else lens)]
+            for _ in range(n)]
+
+
+def run_engine(llm, prompts, max_tokens):
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    outs, secs = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
+    n_out = sum(len(o.outputs.token_ids) for o in outs)
+    n_in = sum(len(p) for p in prompts)
+    return dict(seconds=secs, output_tokens=n_out, output_tok_s=n_out / secs, total_tok_s=(n_in + n_out) / secs,
+                req_s=len(prompts) / secs, outs=outs)
+
+
+def hf_generate(model, batch, in_len, out_len, device):
+    ids = torch.randint(10, model.config.vocab_size - 10, (batch, in_len), device=device)
+    kw = dict(max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False, pad_token_id=0)
+    model.generate(ids[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
+    _, secs = timed(lambda: model.generate(ids, **kw))
+    return dict(batch=batch, output_tok_s=batch * out_len / secs, ms_per_token=secs / out_len * 1000)
+
+
+def hf_model_from_shape(name):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.from_pretrained(shape_dir(name))
+    with torch.device("cuda"):
+        return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+
+
+# ---- workloads ------------------------------------------------------------------------------------
+def gpu_smol_throughput(q, ctx):
+    n = 256 if q else 1024
+    llm = LLM(model=shape_dir("smollm2-135m"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+              max_num_seqs=256, max_model_len=512, max_num_batched_tokens=8192)
+    run_engine(llm, random_prompts(8, 128, 49152), 8)                         # warm-up
+    r = run_engine(llm, random_prompts(n, 128, 49152, seed=1), 128)
+    del llm
+    hf = hf_generate(hf_model_from_shape("smollm2-135m"), 256 if not q else 64, 128, 128 if not q else 32, "cuda")
+    return dict(requests=n, output_tok_s=r["output_tok_s"], total_tok_s=r["total_tok_s"],
+                transformers_output_tok_s=hf["output_tok_s"], transformers_batch=hf["batch"])
+
+
+def gpu_latency(q, ctx):
+    res = {}
+    for name in ("smollm2-135m", "llama3-8b"):
+        llm = LLM(model=shape_dir(name), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+                  max_num_seqs=1, max_model_len=1024)
+        run_engine(llm, random_prompts(1, 128, 1000), 8)
+        r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
+        o = r["outs"][0].metrics
+        decode_ms = (r["seconds"] - o.first_token_time) / 255 * 1000
+        _, per_step = param_bytes(name)
+        floor_ms = per_step / ctx["bandwidth"] * 1000
+        del llm
+        torch.cuda.empty_cache()
+        hf = hf_generate(hf_model_from_shape(name), 1, 128, 32 if q else 128, "cuda")
+        torch.cuda.empty_cache()
+        res[name] = dict(ms_per_token=decode_ms, ttft_ms=o.first_token_time * 1000, floor_ms=floor_ms,
+                         fraction_of_floor=floor_ms / decode_ms, transformers_ms_per_token=hf["ms_per_token"])
+    return res
+
+
+def gpu_8b_throughput(q, ctx):
+    n = 200 if q else 1000
+    llm = LLM(model=shape_dir("llama3-8b"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+              max_num_seqs=256, max_model_len=1536, max_num_batched_tokens=8192)
+    run_engine(llm, random_prompts(4, 128, 128256), 4)
+    r = run_engine(llm, random_prompts(n, list(range(256, 1025)), 128256, seed=0), 256)
+    del llm
+    torch.cuda.empty_cache()
+    hf = hf_generate(hf_model_from_shape("llama3-8b"), 64, 128, 32 if q else 128, "cuda")
+    return dict(requests=n, output_tok_s=r["output_tok_s"], req_s=r["req_s"],
+                transformers_output_tok_s=hf["output_tok_s"], transformers_batch=64)
+
+
+def gpu_prefix(q, ctx):
+    n = 256 if q else 1024
+    rng = random.Random(3)
+    prefix = [rng.randrange(10, 49000) for _ in range(1024)]
+    prompts = [prefix + [rng.randrange(10, 49000) for _ in range(64)] for _ in range(n)]
+    res = {}
+    for caching in (True, False):
+        llm = LLM(model=shape_dir("smollm2-135m"), load_format="dummy", skip_tokenizer_init=True,
+                  dtype="bfloat16", max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=8192,
+                  enable_prefix_caching=caching)
+        run_engine(llm, prompts[:4], 4)
+        r = run_engine(llm, prompts, 64)
+        res["caching_on" if caching else "caching_off"] = dict(total_tok_s=r["total_tok_s"],
+                                                               output_tok_s=r["output_tok_s"])
+        del llm
+        torch.cuda.empty_cache()
+    res["speedup"] = res["caching_on"]["total_tok_s"] / res["caching_off"]["total_tok_s"]
+    return res
+
+
+def cpu_real(q, ctx):
+    from transformers import AutoModelForCausalLM
+    from fastdeploy.utils.model_resolver import resolve_model
+    gguf = resolve_model(None)
+    topics = ["the sea", "a mountain", "coffee", "rain", "a city at night", "autumn", "a library", "the moon"]
+    convs = [[{"role": "user", "content": f"Write a short poem about {topics[i % 8]} (variation {i})."}]
+             for i in range(32)]
+    out_len = 32 if q else 128
+    params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
+    llm = LLM(model=gguf, max_num_seqs=32, max_model_len=1024, enable_prefix_caching=False)
+    llm.chat(convs[:1], SamplingParams(max_tokens=4), use_tqdm=False)
+    outs, secs = timed(lambda: llm.chat(convs, params, use_tqdm=False))
+    batched = sum(len(o.outputs.token_ids) for o in outs) / secs
+    outs1, secs1 = timed(lambda: llm.chat(convs[:1], params, use_tqdm=False))
+    m = outs1[0].metrics
+    ms_tok = (secs1 - m.first_token_time) / (out_len - 1) * 1000
+    prompt_ids = outs1[0].prompt_token_ids
+    del llm
+    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                              dtype=torch.float32).eval()
+    ids = torch.tensor([prompt_ids])
+    kw = dict(max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False, pad_token_id=0)
+    _, hsecs1 = timed(lambda: hf.generate(ids, **kw))
+    batch16 = ids.repeat(16, 1)
+    _, hsecs16 = timed(lambda: hf.generate(batch16, **kw))
+    return dict(engine_batched_tok_s=batched, engine_batch=32, engine_batch1_ms_per_token=ms_tok,
+                engine_batch1_tok_s=1000 / ms_tok, transformers_batch1_tok_s=out_len / hsecs1,
+                transformers_batch16_tok_s=16 * out_len / hsecs16, output_tokens=out_len)
+
+
+WORKLOADS = {"gpu-smol-throughput": gpu_smol_throughput, "gpu-latency": gpu_latency,
+             "gpu-8b-throughput": gpu_8b_throughput, "gpu-prefix": gpu_prefix, "cpu-real": cpu_real}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", default="cpu-real", help="comma list, or 'gpu' for all GPU workloads")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args()
+    names = [w for w in WORKLOADS if w.startswith("gpu")] if args.workloads == "gpu" else args.workloads.split(",")
+    ctx = {}
+    env = dict(torch=torch.__version__, host=platform.node(), quick=args.quick,
+               commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True, cwd=os.path.dirname(__file__)).stdout.strip())
+    if torch.cuda.is_available():
+        ctx["bandwidth"] = measure_bandwidth()
+        env.update(gpu=torch.cuda.get_device_name(), bandwidth_tb_s=ctx["bandwidth"] / 1e12)
+    results = []
+    for name in names:
+        res = dict(workload=name, **env, **WORKLOADS[name](args.quick, ctx))
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    os.makedirs(args.out, exist_ok=True)
+    tag = "gpu" if torch.cuda.is_available() else "cpu"
+    with open(os.path.join(args.out, f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print("\n| workload | result |\n| --- | --- |")
+    for r in results:
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
+                 if k not in env and k != "workload"}
+        print(f"| {r['workload']} | {json.dumps(shown)} |")
+
+
+if __name__ == "__main__":
+    main()
