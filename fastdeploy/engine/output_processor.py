@@ -22,7 +22,9 @@ class OutputProcessor:
         """Appends one sampled token and sets `req.finish_reason` when a stop condition is met."""
         req.output_token_ids.append(token_id)
         if logprobs is not None:
-            req.logprobs = (req.logprobs or []) + [logprobs]
+            if req.logprobs is None:
+                req.logprobs = []
+            req.logprobs.append(logprobs)
         params = req.sampling_params
         detokenizer = self.detokenizers.get(req.request_id)
         delta = detokenizer.add(token_id) if detokenizer is not None else ""

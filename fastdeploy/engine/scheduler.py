@@ -47,6 +47,7 @@ class Scheduler:
         self.prefill_block_limit = prefill_block_limit or block_manager.num_blocks
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.num_preemptions = 0
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
@@ -107,6 +108,7 @@ class Scheduler:
         self.block_manager.free(req)
         req.status = RequestStatus.WAITING
         req.num_preemptions += 1
+        self.num_preemptions += 1
         self.running.remove(req)
         self.waiting.appendleft(req)
 

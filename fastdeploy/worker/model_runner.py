@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastdeploy.engine.request import Request
 from fastdeploy.engine.scheduler import ScheduledRequest
 from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
 from fastdeploy.model_executor.loader import get_model
@@ -17,8 +18,11 @@ from fastdeploy.utils.logger import get_logger
 from fastdeploy.worker.sampler import Sampler, SamplingMetadata
 
 # On the CPU the KV cache takes this share of the RAM that is available after the weights load,
-# leaving the rest to activations, the tokenizer and whatever else runs on the machine.
+# leaving the rest to activations, the tokenizer and whatever else runs on the machine; and no more
+# than this many times what max_num_seqs full-length sequences need (the CPU allocator writes every
+# page of the cache, so an oversized one costs start-up time and real memory).
 CPU_KV_CACHE_FRACTION = 0.25
+CPU_KV_CACHE_MAX_SEQ_FACTOR = 4
 
 
 @dataclass
@@ -56,7 +60,8 @@ class ModelRunner:
         elif self.device.type == "cuda":
             num_blocks = self._profile_cuda()
         else:
-            num_blocks = int(_available_ram() * CPU_KV_CACHE_FRACTION // self._kv_block_bytes())
+            useful = CPU_KV_CACHE_MAX_SEQ_FACTOR * self.args.max_num_seqs * -(-self.args.max_model_len // self.block_size)
+            num_blocks = min(int(_available_ram() * CPU_KV_CACHE_FRACTION // self._kv_block_bytes()), useful)
         if num_blocks < 1:
             raise RuntimeError("no memory is left for the KV cache after loading the model: lower "
                                "max_num_batched_tokens or raise gpu_memory_utilization")
@@ -159,12 +164,36 @@ class ModelRunner:
         sampling = [s.request for s in scheduled if s.samples]
         if not sampling:
             return StepOutput([], None, time.perf_counter() - t0)
-        logits = self.model.compute_logits(hidden[sample_rows])
-        meta = SamplingMetadata.build(sampling, self.vocab_size, self.device)
-        out = self.sampler(logits, meta)
+        logits = self.model.compute_logits(hidden[sample_rows])[:, :self.vocab_size]
+        out = self.sampler(logits, self._sampling_metadata(sampling))
         token_ids = out.token_ids.tolist()
-        return StepOutput(token_ids, out.logprobs_as_dicts() if meta.max_num_logprobs else None,
-                          time.perf_counter() - t0)
+        logprobs = None if out.logprobs is None else _logprobs_as_dicts(out.logprobs, token_ids, sampling)
+        return StepOutput(token_ids, logprobs, time.perf_counter() - t0)
+
+    def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
+        # eos and stop ids are banned until min_tokens are out
+        bans = [sorted(r.stop_token_ids | (frozenset() if r.sampling_params.ignore_eos else r.eos_token_ids))
+                for r in reqs]
+        return SamplingMetadata.build(
+            [r.sampling_params for r in reqs], [r.prompt_token_ids for r in reqs],
+            [r.output_token_ids for r in reqs], bans, [r.bad_words_token_ids for r in reqs],
+            self.vocab_size, self.device)
+
+
+def _logprobs_as_dicts(lp, token_ids: list[int], reqs: list[Request]) -> list[dict[int, float] | None]:
+    """Per row: {token: logprob} for the sampled token and the request's top `logprobs` tokens."""
+    top_ids, top_lps, sampled = lp.top_token_ids.tolist(), lp.top_logprobs.tolist(), lp.sampled_logprobs.tolist()
+    out = []
+    for i, req in enumerate(reqs):
+        k = req.sampling_params.logprobs
+        if k is None:
+            out.append(None)
+            continue
+        row = {token_ids[i]: sampled[i]}
+        for t, v in zip(top_ids[i][:k], top_lps[i][:k]):
+            row.setdefault(t, v)
+        out.append(row)
+    return out
 
 
 def _available_ram() -> int:

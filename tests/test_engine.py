@@ -1,0 +1,66 @@
+"""The whole engine against `transformers` on tiny random models: greedy tokens and their logprobs,
+batched prompts of different lengths, with chunked prefill and with a KV cache small enough to preempt."""
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from fastdeploy import LLM, SamplingParams
+from tiny_models import ARCHS, make_tiny_model
+
+NUM_TOKENS = 32
+PROMPT_LENS = (5, 23, 40)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def tiny(request, tmp_path_factory):
+    arch = request.param
+    path = make_tiny_model(arch, tmp_path_factory.mktemp(arch))
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 500) for _ in range(n)] for n in PROMPT_LENS]
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    expected = []
+    for p in prompts:
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([p]), max_new_tokens=NUM_TOKENS, min_new_tokens=NUM_TOKENS,
+                              do_sample=False, output_logits=True, return_dict_in_generate=True,
+                              pad_token_id=0)
+        tokens = out.sequences[0, len(p):].tolist()
+        logprobs = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.logits, tokens)]
+        expected.append((tokens, logprobs))
+    return path, prompts, expected
+
+
+def run(path, prompts, **engine_args):
+    llm = LLM(model=str(path), skip_tokenizer_init=True, device="cpu", block_size=16, max_model_len=128,
+              **engine_args)
+    params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=1)
+    return llm, llm.generate(prompts, params, use_tqdm=False)
+
+
+def check(outs, expected):
+    for out, (tokens, logprobs) in zip(outs, expected):
+        assert out.outputs.token_ids == tokens
+        got = [lp[t] for lp, t in zip(out.outputs.logprobs, tokens)]
+        assert max(abs(a - b) for a, b in zip(got, logprobs)) < 1e-4
+        assert out.finished and out.outputs.finish_reason == "length" and out.error_code == 200
+
+
+@pytest.mark.parametrize("engine_args", [
+    dict(max_num_seqs=8),                                        # all prompts in one batch
+    dict(max_num_seqs=8, max_num_batched_tokens=8),              # prompts prefilled in chunks of <= 8
+    dict(max_num_seqs=1),                                        # one at a time
+], ids=["batched", "chunked", "serial"])
+def test_greedy_matches_transformers(tiny, engine_args):
+    path, prompts, expected = tiny
+    _, outs = run(path, prompts, **engine_args)
+    check(outs, expected)
+
+
+def test_preemption_keeps_results_exact(tiny):
+    path, prompts, expected = tiny
+    # 6 blocks of 16 tokens: the two longer requests (3 and 5 blocks at the end) cannot both fit
+    llm, outs = run(path, prompts, max_num_seqs=8, num_gpu_blocks_override=6, enable_prefix_caching=False)
+    assert llm.llm_engine.scheduler.num_preemptions > 0
+    check(outs, expected)
