@@ -80,7 +80,7 @@ class EngineArgs:
             raise ValueError(f"quantization must be one of {SUPPORTED_QUANTIZATION}, got {self.quantization!r}")
         if self.load_format not in SUPPORTED_LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {SUPPORTED_LOAD_FORMATS}, got {self.load_format!r}")
-        if self.device is not None and torch.device(self.device).type not in ("cpu", "cuda"):
+        if self.device is not None and str(self.device).split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cuda' or 'cpu', got {self.device!r}")
         if self.device is not None and torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")

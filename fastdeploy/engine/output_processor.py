@@ -62,7 +62,7 @@ class OutputProcessor:
         self.detokenizers.pop(req.request_id, None)
         reasoning = None
         if self.reasoning_parser_cls is not None and enable_thinking and not req.error_msg:
-            reasoning, text = self.reasoning_parser_cls(self.tokenizer).extract_reasoning_content(text)
+            reasoning, text = self.reasoning_parser_cls(self.tokenizer, prompt=req.prompt).extract_reasoning_content(text)
             text = text or ""
         completion = CompletionOutput(index=req.index, send_idx=req.num_output_tokens,
                                       token_ids=list(req.output_token_ids), text=text,

@@ -190,7 +190,8 @@ def _logprobs_as_dicts(lp, token_ids: list[int], reqs: list[Request]) -> list[di
             out.append(None)
             continue
         row = {token_ids[i]: sampled[i]}
-        for t, v in zip(top_ids[i][:k], top_lps[i][:k]):
+        top = slice(None) if k == -1 else slice(k)      # -1: the whole vocabulary
+        for t, v in zip(top_ids[i][top], top_lps[i][top]):
             row.setdefault(t, v)
         out.append(row)
     return out

@@ -1,0 +1,151 @@
+"""Tiny random checkpoints for tests: HF safetensors, ERNIE's Paddle layout, and llama.cpp GGUF.
+
+    path = make_tiny_model("qwen3", tmp_path / "qwen3")          # HF directory
+    convert_to_paddle(hf_dir, out_dir)                            # ERNIE 4.5 HF -> Paddle layout
+    convert_to_gguf(hf_dir, out_dir / "model.gguf")               # Llama HF -> GGUF (F32)
+
+Everything is seeded, so the same call always writes the same weights. No tokenizer is written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM, Ernie4_5Config, LlamaConfig, Qwen2Config, Qwen3Config
+
+ARCHS = ("llama", "qwen2", "qwen3", "ernie4_5")
+
+_TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
+
+
+def tiny_config(arch: str, **overrides):
+    """A tiny config per family; each one exercises that family's quirks."""
+    if arch == "llama":
+        # Llama 3.1 rope scaling; original context small enough that all three frequency bands occur
+        cfg = LlamaConfig(**_TINY, tie_word_embeddings=False, rope_scaling=dict(
+            rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=64, rope_theta=10000.0))
+    elif arch == "qwen2":
+        cfg = Qwen2Config(**_TINY, tie_word_embeddings=True)
+    elif arch == "qwen3":
+        cfg = Qwen3Config(**_TINY, head_dim=32, tie_word_embeddings=True)   # head_dim != hidden / heads
+    elif arch == "ernie4_5":
+        cfg = Ernie4_5Config(**_TINY, head_dim=16, use_bias=True, tie_word_embeddings=True)
+    else:
+        raise ValueError(f"unknown tiny arch {arch!r}; one of {ARCHS}")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def make_tiny_model(arch: str, path, seed: int = 0, **config_overrides) -> Path:
+    """Write a tiny random HF checkpoint (config.json + model.safetensors) of `arch` to `path`."""
+    path = Path(path)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, **config_overrides))
+    with torch.no_grad():
+        # random norms and biases too, so a misplaced one shows in the logits
+        for name, p in model.named_parameters():
+            p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    return path
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(path / "model.safetensors", framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def convert_to_paddle(hf_dir, out_dir) -> Path:
+    """Rewrite a tiny HF ERNIE 4.5 checkpoint the way ERNIE's "-Paddle" releases store it: `ernie.`
+    prefix, fused `qkv_proj` and `up_gate_proj` ([gate; up]), linear weights as [in, out], and a
+    Paddle config.json (architecture `Ernie4_5_ForCausalLM`, some Paddle-only keys)."""
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    sd = _read_safetensors(hf_dir)
+    out = {}
+    for layer in range(cfg.num_hidden_layers):
+        pre = f"model.layers.{layer}."
+        for kind in ("weight", "bias"):
+            q, k, v = (sd.pop(f"{pre}self_attn.{p}_proj.{kind}", None) for p in "qkv")
+            if q is None:
+                continue
+            if cfg.num_key_value_heads == cfg.num_attention_heads:
+                # without GQA, Paddle stores q/k/v interleaved per head: [h][q|k|v][head_dim]
+                qkv = torch.stack([t.unflatten(0, (cfg.num_attention_heads, -1)) for t in (q, k, v)], 1).flatten(0, 2)
+            else:
+                qkv = torch.cat([q, k, v])
+            sd[f"{pre}self_attn.qkv_proj.{kind}"] = qkv
+            gate, up = sd.pop(f"{pre}mlp.gate_proj.{kind}"), sd.pop(f"{pre}mlp.up_proj.{kind}")
+            sd[f"{pre}mlp.up_gate_proj.{kind}"] = torch.cat([gate, up])
+    for name, t in sd.items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        if name.endswith("proj.weight") or name == "lm_head.weight":
+            t = t.T      # Paddle Linear weights are [in, out]
+        out[name.replace("model.", "ernie.", 1)] = t.contiguous()
+    save_file(out, out_dir / "model.safetensors", metadata={"format": "np"})
+    config = dict(architectures=["Ernie4_5_ForCausalLM"], model_type="ernie4_5", hidden_act="silu",
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0, use_cache=False,
+                  rope_theta=cfg.rope_parameters["rope_theta"], compression_ratio=1.0,
+                  fuse_linear=False, use_flash_attention=True, weight_share_add_bias=True)
+    for key in ("hidden_size", "intermediate_size", "max_position_embeddings", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "num_hidden_layers", "rms_norm_eps", "vocab_size",
+                "use_bias", "tie_word_embeddings"):
+        config[key] = getattr(cfg, key)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def _llama_cpp_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """llama.cpp's convert script reorders q/k rows of each head from NeoX halves to interleaved pairs."""
+    return w.unflatten(0, (n_heads, 2, -1)).transpose(1, 2).reshape(w.shape)
+
+
+def convert_to_gguf(hf_dir, gguf_file) -> Path:
+    """Write a tiny HF Llama checkpoint as an F32 GGUF file with llama.cpp's names and metadata.
+    Rope scaling is not carried over, so build the HF model with default rope for comparisons."""
+    hf_dir, gguf_file = Path(hf_dir), Path(gguf_file)
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    writer = gguf.GGUFWriter(str(gguf_file), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    names = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+    layer_names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                   "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                   "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                   "mlp.down_proj": "ffn_down"}
+    for name, t in _read_safetensors(hf_dir).items():
+        module, kind = name.rsplit(".", 1)
+        if module.startswith("model.layers."):
+            _, _, layer, rest = module.split(".", 3)
+            gguf_name = f"blk.{layer}.{layer_names[rest]}"
+            if rest == "self_attn.q_proj":
+                t = _llama_cpp_permute(t, cfg.num_attention_heads)
+            elif rest == "self_attn.k_proj":
+                t = _llama_cpp_permute(t, cfg.num_key_value_heads)
+        else:
+            gguf_name = names[module]
+        writer.add_tensor(f"{gguf_name}.{kind}", t.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return gguf_file
