@@ -64,3 +64,24 @@ def test_preemption_keeps_results_exact(tiny):
     llm, outs = run(path, prompts, max_num_seqs=8, num_gpu_blocks_override=6, enable_prefix_caching=False)
     assert llm.llm_engine.scheduler.num_preemptions > 0
     check(outs, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_matches_cpu_oracle(tiny, dtype):
+    """Triton kernels and CUDA graphs against the same transformers oracle: fp32 exactly, bf16 on logprobs."""
+    path, prompts, expected = tiny
+    llm = LLM(model=str(path), skip_tokenizer_init=True, device="cuda", dtype=dtype, block_size=16,
+              max_model_len=128, max_num_seqs=8, max_num_batched_tokens=16)
+    params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=1)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    if dtype == "float32":
+        check(outs, expected)
+        return
+    for out, (tokens, logprobs) in zip(outs, expected):
+        # bf16 may flip a near-tie later on; up to the first difference the logprobs must agree closely
+        got = out.outputs.token_ids
+        same = next((i for i, (a, b) in enumerate(zip(got, tokens)) if a != b), len(tokens))
+        assert same >= 4
+        lp = [out.outputs.logprobs[i][tokens[i]] for i in range(same)]
+        assert max(abs(a - b) for a, b in zip(lp, logprobs[:same])) < 0.1

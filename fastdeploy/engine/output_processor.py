@@ -6,6 +6,10 @@ from fastdeploy.input.detokenizer import IncrementalDetokenizer
 
 
 class OutputProcessor:
+    """Only requests with stop strings are detokenized token by token (they need the text to decide
+    when to stop); the others are decoded once when they finish, which keeps detokenization off the
+    per-step critical path."""
+
     def __init__(self, tokenizer, max_model_len: int, reasoning_parser_cls=None):
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
@@ -14,9 +18,9 @@ class OutputProcessor:
         self.texts: dict[str, str] = {}
 
     def add_request(self, req: Request) -> None:
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and req.sampling_params.stop:
             self.detokenizers[req.request_id] = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids)
-        self.texts[req.request_id] = ""
+            self.texts[req.request_id] = ""
 
     def append_token(self, req: Request, token_id: int, logprobs: dict[int, float] | None) -> None:
         """Appends one sampled token and sets `req.finish_reason` when a stop condition is met."""
@@ -27,15 +31,15 @@ class OutputProcessor:
             req.logprobs.append(logprobs)
         params = req.sampling_params
         detokenizer = self.detokenizers.get(req.request_id)
-        delta = detokenizer.add(token_id) if detokenizer is not None else ""
-        text = self.texts[req.request_id] + delta
-        self.texts[req.request_id] = text
+        if detokenizer is not None:
+            delta = detokenizer.add(token_id)
+            self.texts[req.request_id] += delta
         n = req.num_output_tokens
         if n >= params.min_tokens:
             if (token_id in req.eos_token_ids and not params.ignore_eos) or token_id in req.stop_token_ids:
                 req.finish_reason = "stop"
                 return
-            if params.stop and self._apply_stop_strings(req, text, len(delta)):
+            if detokenizer is not None and self._apply_stop_strings(req, self.texts[req.request_id], len(delta)):
                 return
         if n >= req.max_tokens or req.num_tokens >= self.max_model_len:
             req.finish_reason = "length"
@@ -58,8 +62,12 @@ class OutputProcessor:
         return True
 
     def make_output(self, req: Request, enable_thinking: bool = True) -> RequestOutput:
-        text = self.texts.pop(req.request_id, "")
-        self.detokenizers.pop(req.request_id, None)
+        if self.detokenizers.pop(req.request_id, None) is not None:
+            text = self.texts.pop(req.request_id)
+        elif self.tokenizer is not None:
+            text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=True)
+        else:
+            text = ""
         reasoning = None
         if self.reasoning_parser_cls is not None and enable_thinking and not req.error_msg:
             reasoning, text = self.reasoning_parser_cls(self.tokenizer, prompt=req.prompt).extract_reasoning_content(text)

@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fastdeploy.engine.request import Request
@@ -15,6 +16,7 @@ from fastdeploy.engine.scheduler import ScheduledRequest
 from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
 from fastdeploy.model_executor.loader import get_model
 from fastdeploy.utils.logger import get_logger
+from fastdeploy.worker.cuda_graph import DecodeGraphs
 from fastdeploy.worker.sampler import Sampler, SamplingMetadata
 
 # On the CPU the KV cache takes this share of the RAM that is available after the weights load,
@@ -23,6 +25,21 @@ from fastdeploy.worker.sampler import Sampler, SamplingMetadata
 # page of the cache, so an oversized one costs start-up time and real memory).
 CPU_KV_CACHE_FRACTION = 0.25
 CPU_KV_CACHE_MAX_SEQ_FACTOR = 4
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor        # [T] host tensors
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    block_tables: torch.Tensor     # [B, max_blocks]
+    query_lens: list[int]
+    seq_lens: list[int]
+    sample_rows: list[int]         # index in T of each sampling request's last token
+
+    @property
+    def is_decode(self) -> bool:
+        return len(self.query_lens) == len(self.sample_rows) == self.input_ids.shape[0]
 
 
 @dataclass
@@ -46,6 +63,11 @@ class ModelRunner:
         self.vocab_size = hf_config.vocab_size
         self.num_blocks = self._profile_num_blocks()
         self._allocate_kv_cache(self.num_blocks)
+        self.graphs = None
+        if device.type == "cuda" and not args.enforce_eager:
+            self.graphs = DecodeGraphs(self.model, args.max_num_seqs, -(-args.max_model_len // self.block_size),
+                                       self.block_size, args.max_model_len, device)
+            self.graphs.capture()
 
     # ---- KV cache -----------------------------------------------------------------------------
     def _kv_block_bytes(self) -> int:
@@ -131,41 +153,55 @@ class ModelRunner:
             max_query_len=max(query_lens), max_seq_len=max(seq_lens),
             query_lens_cpu=query_lens, seq_lens_cpu=seq_lens)
 
-    def _prepare(self, scheduled: list[ScheduledRequest]):
+    def _prepare(self, scheduled: list[ScheduledRequest]) -> StepInputs:
+        """The step's flat batch as host tensors (one copy each to the device later)."""
         bs = self.block_size
-        input_ids, positions, slots, query_lens, seq_lens, sample_rows = [], [], [], [], [], []
-        max_blocks = max(len(s.request.block_table) for s in scheduled)
-        tables = []
-        for s in scheduled:
-            req, start = s.request, s.request.num_computed_tokens
-            end = start + s.num_new_tokens
-            input_ids.extend(req.tokens(start, end))
-            positions.extend(range(start, end))
+        query_lens = [s.num_new_tokens for s in scheduled]
+        total = sum(query_lens)
+        input_ids = np.empty(total, dtype=np.int64)
+        positions = np.empty(total, dtype=np.int64)
+        slots = np.empty(total, dtype=np.int64)
+        tables = np.zeros((len(scheduled), max(len(s.request.block_table) for s in scheduled)), dtype=np.int32)
+        seq_lens, sample_rows, i = [], [], 0
+        for row, s in enumerate(scheduled):
+            req, start, n = s.request, s.request.num_computed_tokens, s.num_new_tokens
+            end = start + n
             table = req.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            query_lens.append(s.num_new_tokens)
+            tables[row, :len(table)] = table
+            if n == 1:
+                input_ids[i] = req.tokens(start, end)[0]
+                positions[i] = start
+                slots[i] = table[start // bs] * bs + start % bs
+            else:
+                pos = np.arange(start, end)
+                input_ids[i:i + n] = req.tokens(start, end)
+                positions[i:i + n] = pos
+                slots[i:i + n] = tables[row, pos // bs].astype(np.int64) * bs + pos % bs
+            i += n
             seq_lens.append(end)
-            tables.append(table + [0] * (max_blocks - len(table)))
             if s.samples:
-                sample_rows.append(len(input_ids) - 1)
-        dev = self.device
-        md = self._attention_metadata(
-            query_lens, seq_lens, torch.tensor(tables, dtype=torch.int32, device=dev),
-            torch.tensor(slots, dtype=torch.long, device=dev))
-        return (torch.tensor(input_ids, dtype=torch.long, device=dev),
-                torch.tensor(positions, dtype=torch.long, device=dev), md,
-                torch.tensor(sample_rows, dtype=torch.long, device=dev))
+                sample_rows.append(i - 1)
+        return StepInputs(torch.from_numpy(input_ids), torch.from_numpy(positions), torch.from_numpy(slots),
+                          torch.from_numpy(tables), query_lens, seq_lens, sample_rows)
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> StepOutput:
         t0 = time.perf_counter()
-        input_ids, positions, md, sample_rows = self._prepare(scheduled)
-        hidden = self.model(input_ids, positions, md)
+        x = self._prepare(scheduled)
         sampling = [s.request for s in scheduled if s.samples]
-        if not sampling:
-            return StepOutput([], None, time.perf_counter() - t0)
-        logits = self.model.compute_logits(hidden[sample_rows])[:, :self.vocab_size]
-        out = self.sampler(logits, self._sampling_metadata(sampling))
+        if self.graphs is not None and x.is_decode and self.graphs.fits(len(scheduled)):
+            logits = self.graphs.run(x.input_ids, x.positions, x.slot_mapping,
+                                     torch.tensor(x.seq_lens, dtype=torch.int32), x.block_tables)
+        else:
+            dev = self.device
+            md = self._attention_metadata(x.query_lens, x.seq_lens, x.block_tables.to(dev, non_blocking=True),
+                                          x.slot_mapping.to(dev, non_blocking=True))
+            hidden = self.model(x.input_ids.to(dev, non_blocking=True), x.positions.to(dev, non_blocking=True), md)
+            if not sampling:
+                return StepOutput([], None, time.perf_counter() - t0)
+            rows = torch.tensor(x.sample_rows, dtype=torch.long).to(dev, non_blocking=True)
+            logits = self.model.compute_logits(hidden[rows])
+        out = self.sampler(logits[:, :self.vocab_size], self._sampling_metadata(sampling))
         token_ids = out.token_ids.tolist()
         logprobs = None if out.logprobs is None else _logprobs_as_dicts(out.logprobs, token_ids, sampling)
         return StepOutput(token_ids, logprobs, time.perf_counter() - t0)
