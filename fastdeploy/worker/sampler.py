@@ -92,25 +92,19 @@ class SamplingMetadata:
         else:
             max_num_logprobs = vocab_size if -1 in requested else min(max(requested), vocab_size)
 
-        def floats(values):
-            return torch.tensor(values, dtype=torch.float32, device=device)
-
-        def ids(values):
-            return torch.tensor(values, dtype=torch.int64, device=device)
-
+        # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
+        # must not grow by a copy per field.
+        floats = torch.tensor([[1.0 if g else p.temperature, p.top_p, p.min_p, p.presence_penalty,
+                                p.frequency_penalty, p.repetition_penalty, float(g)]
+                               for p, g in zip(params, greedy)], dtype=torch.float32).to(device)
+        ints = torch.tensor([[p.top_k if p.top_k > 0 else vocab_size, p.seed, len(out)]
+                             for p, out in zip(params, output_token_ids)], dtype=torch.int64).to(device)
         # Penalties need the token history; without them it is not worth the copy to the device.
         no_history = [[] for _ in params]
         return cls(
-            temperature=floats([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            top_k=ids([p.top_k if p.top_k > 0 else vocab_size for p in params]),
-            top_p=floats([p.top_p for p in params]),
-            min_p=floats([p.min_p for p in params]),
-            presence_penalty=floats([p.presence_penalty for p in params]),
-            frequency_penalty=floats([p.frequency_penalty for p in params]),
-            repetition_penalty=floats([p.repetition_penalty for p in params]),
-            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
-            seeds=ids([p.seed for p in params]),
-            steps=ids([len(out) for out in output_token_ids]),
+            temperature=floats[:, 0], top_p=floats[:, 1], min_p=floats[:, 2], presence_penalty=floats[:, 3],
+            frequency_penalty=floats[:, 4], repetition_penalty=floats[:, 5], greedy=floats[:, 6] > 0.5,
+            top_k=ints[:, 0], seeds=ints[:, 1], steps=ints[:, 2],
             prompt_token_ids=_padded("prompt_token_ids",
                                      prompt_token_ids if apply_penalties else no_history,
                                      vocab_size, device),
@@ -123,7 +117,6 @@ class SamplingMetadata:
             apply_penalties=apply_penalties,
             apply_filters=apply_filters,
         )
-
 
 def _banned_tokens(params: SamplingParams, output: list[int], ban_ids: list[int],
                    bad_words: list[list[int]]) -> list[int]:
@@ -138,6 +131,8 @@ def _banned_tokens(params: SamplingParams, output: list[int], ban_ids: list[int]
 
 
 def _padded(name: str, rows: list[list[int]], vocab_size: int, device) -> torch.Tensor:
+    if not any(rows):
+        return torch.empty(len(rows), 0, dtype=torch.int64, device=device)
     tensors = [torch.tensor(r, dtype=torch.int64) for r in rows]
     # Range-checked on the host copy, where it is a cheap vectorised reduction.
     flat = torch.cat(tensors)

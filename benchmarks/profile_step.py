@@ -1,0 +1,52 @@
+"""Where a decode step's time goes: host functions (cProfile) and GPU kernels (torch.profiler).
+
+    python benchmarks/profile_step.py --shape smollm2-135m --batch 1
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench import random_prompts, shape_dir  # noqa: E402
+
+from fastdeploy import LLM, SamplingParams  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="smollm2-135m")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    llm = LLM(model=shape_dir(args.shape), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+              max_num_seqs=max(args.batch, 1), max_model_len=1024, max_num_batched_tokens=8192)
+    prompts = random_prompts(args.batch, 128, 1000)
+    params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
+    llm.generate(prompts, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+
+    t = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    secs = time.perf_counter() - t
+    print(f"{args.shape} batch {args.batch}: {secs / args.tokens * 1000:.3f} ms per step (prefill included)")
+
+    prof = cProfile.Profile()
+    prof.enable()
+    llm.generate(prompts, params, use_tqdm=False)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as p:
+        llm.generate(prompts, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    print(p.key_averages().table(sort_by="cuda_time_total", row_limit=args.top))
+
+
+if __name__ == "__main__":
+    main()
