@@ -133,7 +133,7 @@ def test_dummy_weights(checkpoints):
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert torch.all(params["model.norm.weight"] == 1)
     # the rotary table stays fp32 whatever the model dtype
-    assert model.model.layers[0].self_attn.rotary_emb.cos_sin_cache.dtype == torch.float32
+    assert model.model.rotary_emb.cos_sin_cache.dtype == torch.float32
 
 
 def test_dummy_builds_on_target_device():

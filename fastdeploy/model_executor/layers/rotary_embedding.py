@@ -7,7 +7,6 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from fastdeploy.model_executor.ops.rotary import apply_rotary
 
 
 def rope_parameters(config: PretrainedConfig) -> dict:
@@ -56,10 +55,10 @@ class RotaryEmbedding(nn.Module):
         # in checkpoints); keep the model out of `.to(dtype)` so it stays fp32.
         self.register_buffer("cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), dim=-1), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q: [T, heads, head_dim], k: [T, kv_heads, head_dim] -> rotated (q, k)."""
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) rows for the positions, each [T, rotary_dim // 2] fp32, for `ops.apply_rotary`."""
         cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
-        return apply_rotary(q, k, cos, sin, self.interleaved)
+        return cos, sin
 
 
 def get_rope(config: PretrainedConfig, head_dim: int, interleaved: bool) -> RotaryEmbedding:

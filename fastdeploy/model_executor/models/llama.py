@@ -18,8 +18,9 @@ from fastdeploy.model_executor.layers.attention import Attention, AttentionMetad
 from fastdeploy.model_executor.layers.embedding import LMHead, VocabEmbedding
 from fastdeploy.model_executor.layers.linear import GateUpLinear, Linear, QKVLinear, default_weight_loader
 from fastdeploy.model_executor.layers.norm import RMSNorm
-from fastdeploy.model_executor.layers.rotary_embedding import RotaryEmbedding, get_rope
+from fastdeploy.model_executor.layers.rotary_embedding import get_rope
 from fastdeploy.model_executor.ops.activation import silu_and_mul
+from fastdeploy.model_executor.ops.rotary import apply_rotary
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def head_dim_of(config: PretrainedConfig) -> int:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, config: PretrainedConfig, spec: ArchSpec, rotary_emb: RotaryEmbedding):
+    def __init__(self, config: PretrainedConfig, spec: ArchSpec):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads or self.num_heads
@@ -48,17 +49,19 @@ class SelfAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.qk_norm = spec.qk_norm
-        self.rotary_emb = rotary_emb
+        self.interleaved_rope = spec.interleaved_rope
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, attn_metadata: AttentionMetadata):
+    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor,
+                attn_metadata: AttentionMetadata):
+        """rope: the (cos, sin) rows of this step's positions, looked up once for all layers."""
         T = hidden.shape[0]
         q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))
         q = q.view(T, self.num_heads, self.head_dim)
         k = k.view(T, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
+        q, k = apply_rotary(q, k, *rope, self.interleaved_rope)
         out = self.attn(q.reshape(T, -1), k.reshape(T, -1), v, attn_metadata)
         return self.o_proj(out)
 
@@ -78,20 +81,20 @@ class GatedMLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block; the residual travels alongside so each norm can fuse the residual add."""
 
-    def __init__(self, config: PretrainedConfig, spec: ArchSpec, rotary_emb: RotaryEmbedding, mlp: nn.Module):
+    def __init__(self, config: PretrainedConfig, spec: ArchSpec, mlp: nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = SelfAttention(config, spec, rotary_emb)
+        self.self_attn = SelfAttention(config, spec)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = mlp
 
-    def forward(self, positions, hidden, residual, attn_metadata):
+    def forward(self, rope, hidden, residual, attn_metadata):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, attn_metadata)
+        hidden = self.self_attn(rope, hidden, attn_metadata)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -100,16 +103,17 @@ class DecoderModel(nn.Module):
     def __init__(self, config: PretrainedConfig, spec: ArchSpec, make_mlp: Callable[[int], nn.Module]):
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
-        # one cos/sin table shared by all layers
-        rotary_emb = get_rope(config, head_dim_of(config), spec.interleaved_rope)
-        self.layers = nn.ModuleList(DecoderLayer(config, spec, rotary_emb, make_mlp(i))
+        # one cos/sin table for all layers, indexed once per forward
+        self.rotary_emb = get_rope(config, head_dim_of(config), spec.interleaved_rope)
+        self.layers = nn.ModuleList(DecoderLayer(config, spec, make_mlp(i))
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids, positions, attn_metadata):
         hidden, residual = self.embed_tokens(input_ids), None
+        rope = self.rotary_emb(positions)
         for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, attn_metadata)
+            hidden, residual = layer(rope, hidden, residual, attn_metadata)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
