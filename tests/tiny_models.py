@@ -149,3 +149,63 @@ def convert_to_gguf(hf_dir, gguf_file) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return gguf_file
+
+
+# ------------------------------------------------------------------------------------------- ERNIE 4.5 MoE
+
+def tiny_moe_config(**overrides):
+    """A tiny ERNIE 4.5 MoE: layer 0 dense, layers 1-3 MoE (8 experts, top-2, 2 shared experts)."""
+    from transformers import Ernie4_5_MoeConfig
+    cfg = dict(_TINY, num_hidden_layers=4, head_dim=16, moe_intermediate_size=32, moe_num_experts=8, moe_k=2,
+               moe_num_shared_experts=2, moe_layer_start_index=1, tie_word_embeddings=True,
+               architectures=["Ernie4_5_MoeForCausalLM"])
+    return Ernie4_5_MoeConfig(**{**cfg, **overrides})
+
+
+def make_tiny_moe_model(path, seed: int = 0, **config_overrides) -> Path:
+    """`make_tiny_model` for ERNIE 4.5 MoE (random router, correction bias and experts, so a wrong
+    routing shows in the logits)."""
+    path = Path(path)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_moe_config(**config_overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    return path
+
+
+def convert_moe_to_paddle(hf_dir, out_dir) -> Path:
+    """Rewrite a tiny HF ERNIE 4.5 MoE checkpoint in the "-Paddle" layout: `ernie.` prefix, fused
+    `qkv_proj` and `up_gate_proj` (dense MLP, shared and routed experts), linear and router weights as
+    [in, out], MTP tensors alongside (the loader must skip them), and a Paddle-style config.json."""
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    assert cfg.num_key_value_heads != cfg.num_attention_heads, "per-head qkv interleave not written here"
+    sd = _read_safetensors(hf_dir)
+    for name in [n for n in sd if n.endswith(".q_proj.weight")]:
+        sd[name.replace(".q_proj.", ".qkv_proj.")] = torch.cat(
+            [sd.pop(name.replace(".q_proj.", f".{p}_proj.")) for p in "qkv"])
+    for name in [n for n in sd if n.endswith(".gate_proj.weight")]:
+        sd[name.replace(".gate_proj.", ".up_gate_proj.")] = torch.cat(
+            [sd.pop(name), sd.pop(name.replace(".gate_proj.", ".up_proj."))])
+    sd["model.mtp_block.0.input_layernorm.weight"] = torch.ones(cfg.hidden_size)
+    sd["model.mtp_linear_proj.0.weight"] = torch.zeros(2 * cfg.hidden_size, cfg.hidden_size)
+    out = {}
+    for name, t in sd.items():
+        if name.endswith(("proj.weight", ".mlp.gate.weight")):
+            t = t.T
+        out[name.replace("model.", "ernie.", 1)] = t.contiguous()
+    save_file(out, out_dir / "model.safetensors", metadata={"format": "np"})
+    config = dict(architectures=["Ernie4_5_MoeForCausalLM"], model_type="ernie4_5_moe", hidden_act="silu",
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0, use_cache=False,
+                  rope_theta=cfg.rope_parameters["rope_theta"], moe_capacity=[8, 8, 8], moe_gate="topk",
+                  moe_use_aux_free=True, num_nextn_predict_layers=1, use_flash_attention=True)
+    for key in ("hidden_size", "intermediate_size", "max_position_embeddings", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "num_hidden_layers", "rms_norm_eps", "vocab_size", "use_bias",
+                "tie_word_embeddings", "moe_intermediate_size", "moe_num_experts", "moe_k", "moe_num_shared_experts",
+                "moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"):
+        config[key] = getattr(cfg, key)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir

@@ -96,6 +96,8 @@ class BlockManager:
         """Gives req the blocks for `num_new_tokens` more tokens (after taking `cached_prefix`, the
         result of `find_cached_prefix`, as already computed). False, with nothing changed, when the
         free blocks do not suffice."""
+        if not cached_prefix and req.num_computed_tokens + num_new_tokens <= len(req.block_table) * self.block_size:
+            return True       # the common decode step: its last block still has room
         if not self.can_allocate(req, num_new_tokens, cached_prefix):
             return False
         for block in cached_prefix:

@@ -14,7 +14,7 @@ from fastdeploy.engine.block_manager import BlockManager
 from fastdeploy.engine.config import SUPPORTED_DTYPES, EngineArgs
 from fastdeploy.engine.output_processor import OutputProcessor
 from fastdeploy.engine.request import Request, RequestOutput
-from fastdeploy.engine.sampling_params import SamplingParams
+from fastdeploy.engine.sampling_params import MAX_SEED, SamplingParams
 from fastdeploy.engine.scheduler import Scheduler
 from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
 from fastdeploy.model_executor.loader import load_config
@@ -59,28 +59,42 @@ class LLMEngine:
     def make_requests(self, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                       extra_keys=None) -> list[Request]:
         """Validates one prompt against the model and the cache and expands it into n requests."""
-        vocab = self.hf_config.vocab_size
         if not prompt_token_ids:
             raise ValueError("prompt is empty: it must have at least one token")
-        bad = [t for t in prompt_token_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt_token_ids hold ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        vocab = self.hf_config.vocab_size
+        # ids past the vocabulary would index outside the embedding or the sampler's tables mid-step
+        for name, ids in (("prompt_token_ids", prompt_token_ids), ("stop_token_ids", params.stop_token_ids),
+                          ("bad_words_token_ids", params.bad_words_token_ids)):
+            bad = [t for t in ids or () if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"{name} hold ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         n_prompt = len(prompt_token_ids)
         params = params.resolved(self.generation_config)
         min_tokens = params.min_tokens
         if n_prompt + min_tokens >= self.args.max_model_len or n_prompt >= self.args.max_model_len:
             raise ValueError(f"prompt length {n_prompt} (+ min_tokens {min_tokens}) must be less than "
                              f"max_model_len {self.args.max_model_len}")
+        # The KV cache holds the prompt and every output token but the last (never fed back). A
+        # request that outgrows the whole cache would preempt itself forever, so max_tokens is
+        # clamped to the cache as it is to max_model_len, and a prompt that cannot fit is refused.
         capacity = self.runner.num_blocks * self.args.block_size
-        if n_prompt + 1 > capacity:
-            raise ValueError(f"prompt length {n_prompt} does not fit the KV cache ({capacity} tokens)")
-        max_tokens = min(params.max_tokens or self.args.max_model_len, self.args.max_model_len - n_prompt)
+        if n_prompt + max(min_tokens, 1) - 1 > capacity:
+            raise ValueError(f"prompt length {n_prompt} (+ min_tokens {min_tokens}) does not fit the KV cache "
+                             f"({capacity} tokens: num_gpu_blocks {self.runner.num_blocks} x block_size "
+                             f"{self.args.block_size})")
+        max_tokens = min(params.max_tokens or self.args.max_model_len, self.args.max_model_len - n_prompt,
+                         capacity - n_prompt + 1)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer (the engine was started with skip_tokenizer_init): "
+                             "use stop_token_ids")
         stop_ids = frozenset(params.stop_token_ids or ())
         bad_words = self._bad_words_token_ids(params.bad_words)
+        bad_words += [[t] for t in params.bad_words_token_ids or () if [t] not in bad_words]
         requests = []
         for i in range(params.n):
-            # each of the n samples draws its own random stream
-            sample_params = params if i == 0 else dataclasses.replace(params, seed=params.seed + i)
+            # each of the n samples draws its own random stream; wrapping keeps the seed in range
+            seed = (params.seed + i) % (MAX_SEED + 1)
+            sample_params = params if i == 0 else dataclasses.replace(params, seed=seed)
             requests.append(Request(
                 request_id=str(next(self._ids)), prompt=prompt, prompt_token_ids=list(prompt_token_ids),
                 sampling_params=sample_params, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,

@@ -1,6 +1,7 @@
 """`LLM`: FastDeploy's offline inference entry point."""
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -8,7 +9,7 @@ from tqdm import tqdm
 
 from fastdeploy.engine.config import EngineArgs
 from fastdeploy.engine.engine import LLMEngine
-from fastdeploy.engine.request import Request, RequestOutput
+from fastdeploy.engine.request import CompletionOutput, Request, RequestOutput
 from fastdeploy.engine.sampling_params import SamplingParams
 
 
@@ -48,6 +49,8 @@ class LLM:
         e.g. `{"enable_thinking": False}`) and generates the assistant's reply."""
         conversations = _normalize_conversations(messages)
         params = self._params_per_prompt(sampling_params, len(conversations))
+        if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+            raise TypeError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
         kwargs = dict(chat_template_kwargs or {})
         if not isinstance(kwargs.get("enable_thinking", True), bool):
             raise ValueError("chat_template_kwargs['enable_thinking'] must be a bool")
@@ -108,7 +111,12 @@ class LLM:
         bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm)
 
         def on_finish(req: Request) -> None:
-            outputs[req.request_id] = engine.output_processor.make_output(req, thinking[req.request_id])
+            # one request's output failing (decode, reasoning parser) must not lose the others
+            try:
+                out = engine.output_processor.make_output(req, thinking[req.request_id])
+            except Exception as e:
+                out = _error_output(req, f"output processing failed: {type(e).__name__}: {e}")
+            outputs[req.request_id] = out
             bar.update(1)
 
         try:
@@ -118,20 +126,30 @@ class LLM:
         return [outputs[r.request_id] for r in requests]
 
 
+def _error_output(req: Request, error_msg: str) -> RequestOutput:
+    completion = CompletionOutput(index=req.index, send_idx=req.num_output_tokens,
+                                  token_ids=list(req.output_token_ids), finish_reason="error")
+    return RequestOutput(request_id=req.request_id, prompt=req.prompt, prompt_token_ids=req.prompt_token_ids,
+                         outputs=completion, finished=True, metrics=req.metrics,
+                         num_cached_tokens=req.num_cached_tokens, error_code=500, error_msg=error_msg)
+
+
 def _normalize_prompts(prompts) -> list[dict]:
     if isinstance(prompts, (str, dict)):
         prompts = [prompts]
     elif isinstance(prompts, (list, tuple)) and prompts and all(_is_token_id(t) for t in prompts):
-        prompts = [list(prompts)]
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be a str, a list of str, a list of token ids, a list of token-id "
-                         f"lists, a dict or a list of dicts; got {type(prompts).__name__} {prompts!r:.80}")
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise TypeError("prompts must be a str, a list of str, a list of token ids, a list of token-id "
+                        f"lists, a dict or a list of dicts; got {type(prompts).__name__} {prompts!r:.80}")
+    if not prompts:
+        raise ValueError("prompts is empty: pass at least one prompt")
     items = []
     for p in prompts:
         if isinstance(p, str):
             items.append({"prompt": p})
         elif isinstance(p, (list, tuple)) and all(_is_token_id(t) for t in p):
-            items.append({"prompt_token_ids": list(p)})
+            items.append({"prompt_token_ids": _token_ids(p)})
         elif isinstance(p, dict):
             unknown = set(p) - {"prompt", "prompt_token_ids", "multimodal_data"}
             if unknown:
@@ -142,30 +160,48 @@ def _normalize_prompts(prompts) -> list[dict]:
             if p.get("prompt") is not None and not isinstance(p["prompt"], str):
                 raise TypeError(f"prompt must be a str, got {type(p['prompt']).__name__}")
             ids = p.get("prompt_token_ids")
-            if ids is not None and not (isinstance(ids, (list, tuple)) and all(_is_token_id(t) for t in ids)):
-                raise TypeError("prompt_token_ids must be a list of int token ids")
+            if ids is not None:
+                if not (isinstance(ids, (list, tuple)) and all(_is_token_id(t) for t in ids)):
+                    raise TypeError("prompt_token_ids must be a list of int token ids")
+                p = {**p, "prompt_token_ids": _token_ids(ids)}
             items.append(p)
         else:
-            raise TypeError(f"each prompt must be a str, a list of token ids or a dict, got {type(p).__name__}")
+            raise TypeError("each prompt must be a str, a list of token ids or a dict, "
+                            f"got {type(p).__name__} {p!r:.80}")
     return items
 
 
 def _is_token_id(t) -> bool:
-    return isinstance(t, int) and not isinstance(t, bool)
+    # numpy and torch integer scalars are Integral too; a bool is not a token id
+    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
+
+
+def _token_ids(ids) -> list[int]:
+    return [int(t) for t in ids]
 
 
 def _normalize_conversations(messages) -> list[list[dict]]:
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("messages must be a conversation (a list of message dicts) or a list of them")
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError("messages must be a conversation (a list of message dicts) or a list of them, "
+                        f"got {type(messages).__name__}")
+    if not messages:
+        raise ValueError("messages is empty: pass a conversation (a list of message dicts) or a list of them")
     conversations = [messages] if isinstance(messages[0], dict) else messages
     for conv in conversations:
-        if not isinstance(conv, (list, tuple)) or not conv:
+        if not isinstance(conv, (list, tuple)):
+            raise TypeError(f"each conversation must be a list of message dicts, got {type(conv).__name__}")
+        if not conv:
             raise ValueError("each conversation must be a non-empty list of message dicts")
         for m in conv:
-            if not isinstance(m, dict) or "role" not in m:
+            if not isinstance(m, dict):
+                raise TypeError(f"each message must be a dict with a 'role' and a 'content', got {m!r:.80}")
+            if "role" not in m:
                 raise ValueError(f"each message must be a dict with a 'role', got {m!r:.80}")
+            if not isinstance(m["role"], str):
+                raise TypeError(f"message role must be a str, got {type(m['role']).__name__}")
             if "content" not in m:
                 raise ValueError(f"message with role {m['role']!r} has no 'content'")
+            _text_only(m)      # checks the content now, before any conversation is rendered
     return [list(c) for c in conversations]
 
 
@@ -174,13 +210,18 @@ def _text_only(message: dict) -> dict:
     content = message["content"]
     if content is None or isinstance(content, str):
         return message
-    if not isinstance(content, list):
-        raise ValueError(f"message content must be a str or a list of parts, got {type(content).__name__}")
+    if not isinstance(content, (list, tuple)):
+        raise TypeError(f"message content must be a str or a list of parts, got {type(content).__name__}")
     texts = []
     for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(part, dict):
+            raise TypeError(f"each content part must be a dict with a 'type', got {part!r:.80}")
+        kind = part.get("type")
         if kind == "text":
-            texts.append(part.get("text", ""))
+            text = part.get("text", "")
+            if not isinstance(text, str):
+                raise TypeError(f"content part 'text' must be a str, got {type(text).__name__}")
+            texts.append(text)
         elif kind in ("image_url", "video_url", "image", "video"):
             raise ValueError(f"content part of type {kind!r} needs a multimodal model loaded with enable_mm=True")
         else:

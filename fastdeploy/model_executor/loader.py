@@ -19,6 +19,7 @@ from transformers import AutoConfig, Ernie4_5Config, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from fastdeploy.model_executor.layers.norm import RMSNorm
+from fastdeploy.model_executor.layers.quantization import quantize_model
 from fastdeploy.model_executor.models.registry import get_model_class
 
 Weights = Iterator[tuple[str, torch.Tensor]]
@@ -62,9 +63,10 @@ def _paddle_ernie_config(raw: dict) -> PretrainedConfig:
 # ----------------------------------------------------------------------------------------------- model
 
 def get_model(model_path: str, config: PretrainedConfig, dtype: torch.dtype, device: torch.device,
-              load_format: str = "auto") -> nn.Module:
+              load_format: str = "auto", quantization: str | None = None) -> nn.Module:
     """The model for `config`, built on `device` in `dtype`, in eval mode, with its weights read from
-    `model_path` ("auto") or random ("dummy": no reading at all, for benchmarks)."""
+    `model_path` ("auto") or random ("dummy": no reading at all, for benchmarks), then its linear
+    layers quantized if `quantization` is "wint8" or "wint4" (layers/quantization.py)."""
     if load_format not in ("auto", "dummy"):
         raise ValueError(f"unknown load_format {load_format!r}; use 'auto' or 'dummy'")
     cls = get_model_class(config)
@@ -74,6 +76,7 @@ def get_model(model_path: str, config: PretrainedConfig, dtype: torch.dtype, dev
             _init_dummy(model)
         else:
             model.load_weights(iterate_weights(model_path, config))
+        quantize_model(model, quantization)
     return model.eval()
 
 
@@ -121,14 +124,16 @@ def _iterate_safetensors(files: list[Path]) -> Weights:
 def _paddle_to_hf(weights: Weights, config: PretrainedConfig) -> Weights:
     """ERNIE's Paddle layout -> HF names: `ernie.` prefix, Linear weights stored [in, out], fused
     `qkv_proj` (q|k|v, or interleaved per head when there is no GQA) and `up_gate_proj` ([gate; up],
-    the same order as our `gate_up_proj`). The LM head is [hidden, vocab] unless tied to the embedding."""
+    the same order as our `gate_up_proj`). The LM head is [hidden, vocab] unless tied to the embedding;
+    an MoE router (`mlp.gate.weight`) is [hidden, experts]."""
     heads = config.num_attention_heads
     per_head_qkv = (config.num_key_value_heads or heads) == heads
     for name, t in weights:
         if name.startswith("ernie."):
             name = "model." + name[len("ernie."):]
         name = name.replace(".up_gate_proj.", ".gate_up_proj.")
-        if name.endswith("proj.weight") or (name == "lm_head.weight" and not config.tie_word_embeddings):
+        if (name.endswith(("proj.weight", ".mlp.gate.weight"))
+                or (name == "lm_head.weight" and not config.tie_word_embeddings)):
             t = t.T
         if per_head_qkv and ".qkv_proj." in name:
             # [head][q|k|v][head_dim] -> [q|k|v][head][head_dim]

@@ -1,0 +1,93 @@
+"""Weight-only quantized matmul: y = x @ dequant(W).T (+ bias), weights int8 or int4, activations float.
+
+Formats (W is [N, K], PyTorch's [out, in]; K is zero-padded to Kp, a multiple of BLOCK = 128, so the
+kernels step through K in whole blocks and never mask a weight load along K):
+- wint8: `qweight` int8 [N, Kp], symmetric per output channel; `scale` fp32 [N] (in bf16 a scale's own
+  rounding would be as large as the int8 rounding), W ~= qweight * scale[:, None].
+- wint4: symmetric per group of 128 along K, values in [-7, 7] stored as nibbles q + 8; `scale` [N, Kp/128]
+  in the weight's dtype (its rounding is small beside int4's). Two nibbles per byte, llama.cpp Q4_0 style
+  within each group: byte j of group g holds k = 128g + j (low nibble) and k = 128g + 64 + j (high), so a
+  kernel reads each half's activations as one contiguous run. `qweight` is uint8 [N, Kp/2].
+
+The `*_ref` functions (dequantize, then matmul in PyTorch) are the CPU path and the kernels' test oracle;
+`quant_matmul` runs the Triton kernels (triton_quant_matmul.py) on CUDA tensors.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 128          # K padding and the int4 group size
+METHODS = {"wint8": 8, "wint4": 4}
+
+
+def _pad_k(w: torch.Tensor) -> torch.Tensor:
+    return F.pad(w, (0, -w.shape[1] % BLOCK))
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> (int8 [N, Kp], fp32 scale [N])."""
+    w = _pad_k(w.float())
+    scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    return (qweight[:, :k].float() * scale[:, None]).to(dtype)
+
+
+def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> (packed uint8 [N, Kp/2], scale [N, Kp/128] in w's dtype)."""
+    n = w.shape[0]
+    groups = _pad_k(w.float()).view(n, -1, BLOCK)
+    # the scale is rounded to its storage dtype first, so that q matches the scale actually stored
+    scale = (groups.abs().amax(dim=2) / 7).clamp_min(torch.finfo(w.dtype).tiny).to(w.dtype)
+    q = (torch.round(groups / scale.float()[..., None]).clamp_(-7, 7) + 8).to(torch.uint8)
+    half = BLOCK // 2
+    packed = q[..., :half] | (q[..., half:] << 4)
+    return packed.view(n, -1), scale
+
+
+def dequantize_int4(qweight: torch.Tensor, scale: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    n = qweight.shape[0]
+    packed = qweight.view(n, -1, BLOCK // 2)
+    q = torch.cat([packed & 0xF, packed >> 4], dim=2).float() - 8
+    return (q * scale.float()[..., None]).view(n, -1)[:, :k].to(dtype)
+
+
+def wint8_matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, dequantize_int8(qweight, scale, x.shape[-1], x.dtype), bias)
+
+
+def wint4_matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, dequantize_int4(qweight, scale, x.shape[-1], x.dtype), bias)
+
+
+QUANTIZE = {8: quantize_int8, 4: quantize_int4}
+MATMUL_REF = {8: wint8_matmul_ref, 4: wint4_matmul_ref}
+
+
+def _triton():
+    """The Triton kernels module, or None where triton is not installed (imported on first use)."""
+    global _TRITON
+    if _TRITON is False:
+        try:
+            from fastdeploy.model_executor.ops import triton_quant_matmul
+        except ImportError:
+            triton_quant_matmul = None
+        _TRITON = triton_quant_matmul
+    return _TRITON
+
+
+_TRITON = False
+
+
+def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bits: int,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ dequant(W).T (+ bias) -> [..., N] in x's dtype: Triton on CUDA, the reference elsewhere."""
+    if x.is_cuda and _triton() is not None:
+        return _triton().quant_matmul(x, qweight, scale, bits, bias)
+    return MATMUL_REF[bits](x, qweight, scale, bias)

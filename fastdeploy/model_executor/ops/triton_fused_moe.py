@@ -1,0 +1,101 @@
+"""Triton fused MoE: two grouped GEMMs over assignments sorted and padded by expert (`align_by_expert`).
+
+1. gate_up: inter[a] = silu(x[t] @ w13[e, :I].T) * (x[t] @ w13[e, I:].T)   (both halves in one program)
+2. down:    y[a] = topk_weight[a] * inter[a] @ w2[e].T
+then out[t] = sum_k y[t * K + k]. Each program multiplies one block of BLOCK_M assignments, all of one
+expert, by one BLOCK_N-wide slice of that expert's weights; there is no loop over experts anywhere, and
+no host sync (sizes are bounded up front), so decode steps can be captured in CUDA graphs.
+
+This module imports triton at the top: `fused_moe.fused_moe` imports it lazily and falls back to the
+PyTorch path when triton is missing.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastdeploy.model_executor.ops.fused_moe import align_by_expert
+
+
+@triton.jit
+def _moe_gemm_kernel(a_ptr, w_ptr, out_ptr, topk_w_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                     num_assignments, N, K, a_row_div, stride_am, stride_we, stride_wn, stride_om,
+                     GATED: tl.constexpr, WEIGHTED: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # axis 0 walks the N slices of one row block, so neighbouring programs share the gathered A rows
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    ids = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+    valid = ids < num_assignments                       # padding rows hold num_assignments
+    rows = (ids // a_row_div).to(tl.int64)              # gate_up reads token a // K, down reads row a
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_mask = offs_n < N
+    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]
+    # weights are [N, K] row-major per expert; load a [BLOCK_K, BLOCK_N] tile of the transpose
+    w_ptrs = w_ptr + expert * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if GATED:
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_mask = offs_k < K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=valid[:, None] & k_mask[None, :], other=0.0)
+        w_mask = k_mask[:, None] & n_mask[None, :]
+        acc += tl.dot(a, tl.load(w_ptrs, mask=w_mask, other=0.0), input_precision="ieee")
+        if GATED:   # the up rows sit N rows below the gate rows
+            acc_up += tl.dot(a, tl.load(w_ptrs + N * stride_wn, mask=w_mask, other=0.0), input_precision="ieee")
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if WEIGHTED:
+        acc *= tl.load(topk_w_ptr + ids, mask=valid, other=0.0)[:, None]
+    out_ptrs = out_ptr + ids.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & n_mask[None, :])
+
+
+def _tiles(assignments_per_expert: float, element_size: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): thin row blocks when experts see few tokens (decode),
+    where the GEMMs only stream weights; square-ish tiles once rows can reuse each weight tile.
+    BLOCK_K shrinks with wider elements so three pipeline stages of A and two W tiles fit in shared
+    memory (about 120 KB)."""
+    if assignments_per_expert <= 16:
+        m, n, k, warps = 16, 64, 128, 4
+    elif assignments_per_expert <= 48:
+        m, n, k, warps = 32, 64, 128, 4
+    else:
+        m, n, k, warps = 64, 128, 64, 8
+    return m, n, k * 2 // element_size, warps
+
+
+def _gemm(a, w, out, topk_w, blocks, num_assignments, a_row_div, gated, tiles):
+    _, block_n, block_k, num_warps = tiles
+    N = out.shape[1]
+    grid = (triton.cdiv(N, block_n), blocks.block_expert.numel())
+    _moe_gemm_kernel[grid](
+        a, w, out, topk_w, blocks.sorted_ids, blocks.block_expert, blocks.num_padded,
+        num_assignments, N, a.shape[1], a_row_div, a.stride(0), w.stride(0), w.stride(1), out.stride(0),
+        GATED=gated, WEIGHTED=not gated, BLOCK_M=blocks.block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=num_warps, num_stages=3)
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    """Same contract as fused_moe_ref: x [T, H], w13 [E, 2I, H], w2 [E, H, I], topk [T, K] -> [T, H]."""
+    T, H = x.shape
+    E, I = w2.shape[0], w2.shape[2]
+    K = topk_ids.shape[1]
+    n = T * K
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    assert w13.stride(-1) == 1 and w2.stride(-1) == 1, "expert weights must be contiguous along the input"
+    tiles = _tiles(n / E, x.element_size())
+    blocks = align_by_expert(topk_ids, E, tiles[0])
+    topk_w = topk_weights.reshape(-1).float()
+    inter = torch.empty(n, I, dtype=x.dtype, device=x.device)
+    _gemm(x, w13, inter, topk_w, blocks, n, K, True, tiles)
+    y = torch.empty(n, H, dtype=x.dtype, device=x.device)
+    _gemm(inter, w2, y, topk_w, blocks, n, 1, False, tiles)
+    return y.view(T, K, H).sum(1)
