@@ -8,6 +8,7 @@ Prints one JSON line per workload and a table last; appends the results to bench
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -70,6 +71,12 @@ def measure_bandwidth() -> float:
     return 2 * x.numel() * 10 / (time.perf_counter() - t)
 
 
+def release():
+    """Frees a deleted engine's GPU memory before the next model loads (graphs and caches sit in cycles)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -118,6 +125,7 @@ def gpu_smol_throughput(q, ctx):
     run_engine(llm, random_prompts(8, 128, 49152), 8)                         # warm-up
     r = run_engine(llm, random_prompts(n, 128, 49152, seed=1), 128)
     del llm
+    release()
     hf = hf_generate(hf_model_from_shape("smollm2-135m"), 256 if not q else 64, 128, 128 if not q else 32, "cuda")
     return dict(requests=n, output_tok_s=r["output_tok_s"], total_tok_s=r["total_tok_s"],
                 transformers_output_tok_s=hf["output_tok_s"], transformers_batch=hf["batch"])
@@ -135,9 +143,9 @@ def gpu_latency(q, ctx):
         _, per_step = param_bytes(name)
         floor_ms = per_step / ctx["bandwidth"] * 1000
         del llm
-        torch.cuda.empty_cache()
+        release()
         hf = hf_generate(hf_model_from_shape(name), 1, 128, 32 if q else 128, "cuda")
-        torch.cuda.empty_cache()
+        release()
         res[name] = dict(ms_per_token=decode_ms, ttft_ms=o.first_token_time * 1000, floor_ms=floor_ms,
                          fraction_of_floor=floor_ms / decode_ms, transformers_ms_per_token=hf["ms_per_token"])
     return res
@@ -150,7 +158,7 @@ def gpu_8b_throughput(q, ctx):
     run_engine(llm, random_prompts(4, 128, 128256), 4)
     r = run_engine(llm, random_prompts(n, list(range(256, 1025)), 128256, seed=0), 256)
     del llm
-    torch.cuda.empty_cache()
+    release()
     hf = hf_generate(hf_model_from_shape("llama3-8b"), 64, 128, 32 if q else 128, "cuda")
     return dict(requests=n, output_tok_s=r["output_tok_s"], req_s=r["req_s"],
                 transformers_output_tok_s=hf["output_tok_s"], transformers_batch=64)
@@ -171,7 +179,7 @@ def gpu_prefix(q, ctx):
         res["caching_on" if caching else "caching_off"] = dict(total_tok_s=r["total_tok_s"],
                                                                output_tok_s=r["output_tok_s"])
         del llm
-        torch.cuda.empty_cache()
+        release()
     res["speedup"] = res["caching_on"]["total_tok_s"] / res["caching_off"]["total_tok_s"]
     return res
 
@@ -194,6 +202,7 @@ def cpu_real(q, ctx):
     ms_tok = (secs1 - m.first_token_time) / (out_len - 1) * 1000
     prompt_ids = outs1[0].prompt_token_ids
     del llm
+    release()
     hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
                                               dtype=torch.float32).eval()
     ids = torch.tensor([prompt_ids])
@@ -228,7 +237,7 @@ def gpu_moe(q, ctx):
     run_engine(llm, random_prompts(4, 128, 103424), 4)
     r = run_engine(llm, random_prompts(n, 512, 103424, seed=1), out_len)
     del llm
-    torch.cuda.empty_cache()
+    release()
     llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=1,
               max_model_len=1024)
     run_engine(llm, random_prompts(1, 128, 1000), 8)
@@ -237,7 +246,7 @@ def gpu_moe(q, ctx):
     decode_ms = (r1["seconds"] - r1["outs"][0].metrics.first_token_time) / (steps - 1) * 1000
     floor_ms = active_bytes / ctx["bandwidth"] * 1000
     del llm
-    torch.cuda.empty_cache()
+    release()
     return dict(requests=n, output_len=out_len, output_tok_s=r["output_tok_s"], total_tok_s=r["total_tok_s"],
                 weights_gb=total_bytes / 1e9, active_gb=active_bytes / 1e9, batch1_ms_per_token=decode_ms,
                 batch1_floor_ms=floor_ms, fraction_of_floor=floor_ms / decode_ms)

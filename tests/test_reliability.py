@@ -7,7 +7,7 @@ import random
 import signal
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fastdeploy import LLM, SamplingParams
@@ -20,8 +20,8 @@ TINY_VOCAB = 512      # tiny_models' vocab_size
 
 @pytest.fixture(scope="module")
 def smol():
-    # a KV cache of 8 x 16 = 128 tokens, smaller than max_model_len: both limits can be hit
-    return LLM(max_model_len=256, block_size=16, num_gpu_blocks_override=8, max_num_seqs=4)
+    """The real SmolLM2 (it has a tokenizer and a chat template): for text and chat input."""
+    return LLM(max_model_len=256, max_num_seqs=4)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,12 @@ def tiny(tiny_path):
     return tiny_llm(tiny_path, max_num_seqs=4)
 
 
+@pytest.fixture(scope="module")
+def tiny_small(tiny_path):
+    # max_model_len 64 and a KV cache of 3 x 16 = 48 tokens: both limits can be hit
+    return tiny_llm(tiny_path, max_model_len=64, num_gpu_blocks_override=3, max_num_seqs=4)
+
+
 def assert_idle(llm):
     """No request is left behind: nothing queued or running, every KV block free, no output state."""
     engine = llm.llm_engine
@@ -47,9 +53,11 @@ def assert_idle(llm):
     assert not engine.output_processor.detokenizers and not engine.output_processor.texts
 
 
-def assert_serves(llm, prompt):
-    out = llm.generate(prompt, GREEDY, use_tqdm=False)
-    assert len(out) == 1 and out[0].error_code == 200 and len(out[0].outputs.token_ids) == 4
+def assert_serves(llm):
+    """A good request right after: one token (SmolLM2 on a CPU takes a while per token)."""
+    prompt = [1, 2, 3] if llm.tokenizer is None else "Hi"
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1, ignore_eos=True), use_tqdm=False)
+    assert len(out) == 1 and out[0].error_code == 200 and len(out[0].outputs.token_ids) == 1
     assert_idle(llm)
 
 
@@ -59,20 +67,20 @@ def gen(prompts, params=GREEDY, **kwargs):
 
 
 def sp(**kwargs):
-    """generate("hi") with SamplingParams(**kwargs), built inside the case so pytest.raises sees it."""
-    return lambda llm: llm.generate("hi", SamplingParams(**kwargs), use_tqdm=False)
+    """SamplingParams(**kwargs), built inside the case so that pytest.raises sees its error."""
+    return lambda llm: llm.generate([[1, 2, 3]], SamplingParams(**kwargs), use_tqdm=False)
 
 
-def chat(messages, **kwargs):
-    return lambda llm: llm.chat(messages, GREEDY, use_tqdm=False, **kwargs)
+def chat(messages, params=GREEDY, **kwargs):
+    return lambda llm: llm.chat(messages, params, use_tqdm=False, **kwargs)
 
 
 def user(content):
     return [{"role": "user", "content": content}]
 
 
-VOCAB = 49152          # SmolLM2's
-BAD_INPUTS = [
+# token ids, sampling params and lengths on the tiny model (512-token vocabulary)
+TINY_BAD_INPUTS = [
     # every SamplingParams field out of range or of the wrong type
     (sp(n=0), ValueError, "n"),
     (sp(n="2"), TypeError, "n"),
@@ -108,11 +116,13 @@ BAD_INPUTS = [
     (sp(logprobs="1"), TypeError, "logprobs"),
     (sp(stop=5), TypeError, "stop"),
     (sp(stop=[""]), ValueError, "stop"),
+    (sp(stop=["no tokenizer to match it"]), ValueError, "stop"),
     (sp(stop_token_ids=[-1]), ValueError, "stop_token_ids"),
     (sp(stop_token_ids="1"), TypeError, "stop_token_ids"),
-    (sp(stop_token_ids=[VOCAB]), ValueError, "stop_token_ids"),          # would crash the sampler mid-step
+    (sp(stop_token_ids=[TINY_VOCAB]), ValueError, "stop_token_ids"),     # would crash the sampler mid-step
     (sp(bad_words=[1]), TypeError, "bad_words"),
-    (sp(bad_words_token_ids=[10 ** 9]), ValueError, "bad_words_token_ids"),
+    (sp(bad_words=["no tokenizer"]), ValueError, "bad_words"),
+    (sp(bad_words_token_ids=[TINY_VOCAB]), ValueError, "bad_words_token_ids"),
     (sp(ignore_eos="yes"), TypeError, "ignore_eos"),
     (sp(include_stop_str_in_output=1), TypeError, "include_stop_str_in_output"),
     # prompt types outside the API
@@ -120,40 +130,48 @@ BAD_INPUTS = [
     (gen(5), TypeError, "prompts"),
     (gen(1.5), TypeError, "prompts"),
     (gen(b"bytes"), TypeError, "prompts"),
-    (gen(x for x in ["a generator"]), TypeError, "prompts"),
+    (gen(x for x in [[1, 2]]), TypeError, "prompts"),
     (gen([b"bytes"]), TypeError, "prompt"),
-    (gen(["a", 1]), TypeError, "prompt"),
+    (gen([[1, 2], "a", 3]), TypeError, "prompt"),
     (gen([[1, 2], ["a"]]), TypeError, "prompt"),
     (gen([[1.0, 2.0]]), TypeError, "prompt"),
     (gen([[1, True]]), TypeError, "prompt"),
-    (gen({"prompt": {"nested": "dict"}}), TypeError, "prompt"),
     (gen({"prompt_token_ids": {"a": 1}}), TypeError, "prompt_token_ids"),
     (gen({"prompt_token_ids": [[1, 2]]}), TypeError, "prompt_token_ids"),
-    (gen([{"prompt": "ok"}, {"prompt": None}]), ValueError, "prompt"),
-    (gen({"text": "unknown key"}), ValueError, "prompt"),
-    (gen({"prompt": "x", "multimodal_data": {"image": ["img.png"]}}), ValueError, "enable_mm"),
+    (gen([{"prompt_token_ids": [1]}, {"prompt": None}]), ValueError, "prompt"),
+    (gen({"tokens": [1, 2]}), ValueError, "prompt"),
+    (gen({"prompt_token_ids": [1], "multimodal_data": {"image": ["img.png"]}}), ValueError, "enable_mm"),
     # empty prompts
-    (gen(""), ValueError, "prompt"),
     (gen([]), ValueError, "prompts"),
     (gen([[]]), ValueError, "prompt"),
-    (gen({"prompt": ""}), ValueError, "prompt"),
     (gen({"prompt_token_ids": []}), ValueError, "prompt"),
     # token ids outside the vocabulary
     (gen([[1, -5]]), ValueError, "prompt_token_ids"),
-    (gen([[1, VOCAB]]), ValueError, "prompt_token_ids"),
+    (gen([[1, TINY_VOCAB]]), ValueError, "prompt_token_ids"),
     (gen({"prompt_token_ids": [10 ** 12]}), ValueError, "prompt_token_ids"),
-    # too long: for max_model_len (256), for the whole KV cache (128 tokens), or with min_tokens
-    (gen([[5] * 300]), ValueError, "max_model_len"),
-    (gen([[5] * 200]), ValueError, "KV cache"),
-    (gen([[5] * 100], SamplingParams(min_tokens=40, max_tokens=50)), ValueError, "KV cache"),
-    (gen([[5] * 250], SamplingParams(min_tokens=10)), ValueError, "max_model_len"),
-    (gen(["fine", [5] * 300]), ValueError, "max_model_len"),       # the bad one second: nothing runs
+    # too long: for max_model_len (64), for the whole KV cache (48 tokens), or with min_tokens
+    (gen([[5] * 70]), ValueError, "max_model_len"),
+    (gen([[5] * 50]), ValueError, "KV cache"),
+    (gen([[5] * 30], SamplingParams(min_tokens=20, max_tokens=25)), ValueError, "KV cache"),
+    (gen([[5] * 60], SamplingParams(min_tokens=5)), ValueError, "max_model_len"),
+    (gen([[1, 2], [5] * 70]), ValueError, "max_model_len"),       # the bad one second: nothing runs
     # sampling_params of the wrong length or type
-    (gen(["a", "b"], [GREEDY]), ValueError, "sampling_params"),
-    (gen(["a"], []), ValueError, "sampling_params"),
-    (gen(["a", "b"], [GREEDY, {"temperature": 0}]), TypeError, "sampling_params"),
-    (gen("a", {"temperature": 0}), TypeError, "sampling_params"),
-    # malformed chat messages
+    (gen([[1], [2]], [GREEDY]), ValueError, "sampling_params"),
+    (gen([[1]], []), ValueError, "sampling_params"),
+    (gen([[1], [2]], [GREEDY, {"temperature": 0}]), TypeError, "sampling_params"),
+    (gen([[1]], {"temperature": 0}), TypeError, "sampling_params"),
+    # text input needs a tokenizer
+    (gen("text"), ValueError, "tokenizer"),
+]
+
+# text and chat on SmolLM2
+SMOL_BAD_INPUTS = [
+    (gen({"prompt": {"nested": "dict"}}), TypeError, "prompt"),
+    (gen(["a", 1]), TypeError, "prompt"),
+    (gen(""), ValueError, "prompt"),
+    (gen({"prompt": ""}), ValueError, "prompt"),
+    (gen(["fine", "hello " * 300]), ValueError, "max_model_len"),
+    (gen({"prompt": "x", "multimodal_data": {"image": ["img.png"]}}), ValueError, "enable_mm"),
     (chat([{"content": "no role"}]), ValueError, "role"),
     (chat([{"role": 5, "content": "x"}]), TypeError, "role"),
     (chat([{"role": "user"}]), ValueError, "content"),
@@ -170,28 +188,34 @@ BAD_INPUTS = [
     (chat([[]]), ValueError, "conversation"),
     (chat(["hello"]), TypeError, "conversation"),
     (chat([user("fine"), [{"role": "user"}]]), ValueError, "content"),  # the bad one second
+    (chat(user("hello " * 300)), ValueError, "max_model_len"),
     (chat(user("hi"), chat_template_kwargs="enable_thinking"), TypeError, "chat_template_kwargs"),
     (chat(user("hi"), chat_template_kwargs={"enable_thinking": "no"}), ValueError, "enable_thinking"),
+    (chat(user("hi"), [GREEDY, GREEDY]), ValueError, "sampling_params"),
 ]
+BAD_INPUTS = [("tiny_small", *case) for case in TINY_BAD_INPUTS] + [("smol", *case) for case in SMOL_BAD_INPUTS]
 
 
-@pytest.mark.parametrize("call, error, field", BAD_INPUTS, ids=[f"{i}-{f}" for i, (_, _, f) in
-                                                                enumerate(BAD_INPUTS)])
-def test_bad_input_is_refused_before_any_work(smol, call, error, field):
+@pytest.mark.parametrize("target, call, error, field", BAD_INPUTS,
+                         ids=[f"{t}-{i}-{f}" for i, (t, _, _, f) in enumerate(BAD_INPUTS)])
+def test_bad_input_is_refused_before_any_work(request, target, call, error, field):
+    llm = request.getfixturevalue(target)
     with pytest.raises(error, match=field):
-        call(smol)
-    assert_idle(smol)
-    assert_serves(smol, "The sea is")
+        call(llm)
+    assert_idle(llm)
+    assert_serves(llm)
 
 
-def test_long_max_tokens_is_clamped_to_the_kv_cache(smol):
+@pytest.mark.parametrize("max_tokens", [100, None])
+def test_long_max_tokens_is_clamped_to_the_kv_cache(tiny_small, max_tokens):
     """max_tokens beyond what the cache holds (or unset) is clamped, as it is to max_model_len,
     instead of the request preempting itself forever once it outgrows the cache."""
-    prompt = [5] * 100                       # 128-token cache: room for 29 output tokens
-    out = smol.generate(prompt, SamplingParams(temperature=0, ignore_eos=True, max_tokens=100), use_tqdm=False)[0]
+    prompt = [5] * 30                       # 48-token cache: room for 19 output tokens
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=max_tokens)
+    out = tiny_small.generate(prompt, params, use_tqdm=False)[0]
     assert out.error_code == 200 and out.outputs.finish_reason == "length"
-    assert len(out.outputs.token_ids) == 29
-    assert_idle(smol)
+    assert len(out.outputs.token_ids) == 19
+    assert_idle(tiny_small)
 
 
 def test_numpy_token_ids_are_accepted(tiny):
@@ -286,7 +310,7 @@ def test_detokenizer_fault_fails_only_its_request(smol, monkeypatch):
     """Requests with stop strings are detokenized token by token; one detokenizer raising fails
     only its own request."""
     prompts = ["The sea is", "Once upon a time", "1, 2, 3,"]
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, stop=["@@@"])
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True, stop=["@@@"])
     ref = smol.generate(prompts, params, use_tqdm=False)
     processor = smol.llm_engine.output_processor
     add_request = processor.add_request
@@ -364,17 +388,34 @@ ANY = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-3, 40),
                 st.binary(max_size=3), st.lists(st.integers(-2, 600), max_size=3),
                 st.lists(st.text(max_size=2), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(),
                                                                            max_size=2))
-FIELDS = ["presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
-          "min_p", "seed", "stop", "stop_token_ids", "reasoning_max_tokens", "min_tokens", "logprobs",
-          "bad_words", "bad_words_token_ids", "ignore_eos", "include_stop_str_in_output"]
-# n and max_tokens multiply the work: any type, but valid values stay small
-SP_KWARGS = st.fixed_dictionaries(
-    {}, optional={"n": st.one_of(st.integers(-2, 3), ANY.filter(lambda v: not isinstance(v, int))),
-                  "max_tokens": st.one_of(st.integers(-2, 4), ANY.filter(lambda v: not isinstance(v, int))),
-                  **{f: ANY for f in FIELDS}})
+IDS = st.lists(st.integers(0, TINY_VOCAB - 1), max_size=3)
+VALID = {"n": st.integers(1, 3), "max_tokens": st.none() | st.integers(1, 4),
+         "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
+         "repetition_penalty": st.floats(0.01, 2), "temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
+         "top_k": st.integers(-1, TINY_VOCAB + 10), "min_p": st.floats(0, 1), "seed": st.integers(0, MAX_SEED),
+         "stop_token_ids": IDS, "bad_words_token_ids": IDS, "min_tokens": st.integers(0, 3),
+         "reasoning_max_tokens": st.none(), "logprobs": st.none() | st.integers(-1, 20),
+         "ignore_eos": st.booleans(), "include_stop_str_in_output": st.booleans(),
+         "stop": st.none(), "bad_words": st.none()}
+# n and max_tokens multiply the work: wrong types, but no large ints
+CHEAP_ANY = ANY.filter(lambda v: not isinstance(v, int) or isinstance(v, bool))
+
+
+def valid_or_not(name):
+    """A valid value most of the time, so that many cases get past the door and run."""
+    bad = CHEAP_ANY if name in ("n", "max_tokens") else ANY
+    return st.integers(0, 9).flatmap(lambda k: bad if k == 0 else VALID[name])
+
+
+SP_KWARGS = st.fixed_dictionaries({}, optional={name: valid_or_not(name) for name in VALID})
 TOKEN = st.one_of(st.integers(0, TINY_VOCAB - 1), st.integers(-3, TINY_VOCAB + 3), st.booleans(), st.floats(),
                   st.text(max_size=3), st.none(), st.binary(max_size=2))
-PROMPT = st.recursive(
+VALID_PROMPTS = st.one_of(
+    st.lists(st.integers(0, TINY_VOCAB - 1), min_size=1, max_size=40),
+    st.lists(st.lists(st.integers(0, TINY_VOCAB - 1), min_size=1, max_size=40), min_size=1, max_size=4),
+    st.lists(st.fixed_dictionaries({"prompt_token_ids": st.lists(st.integers(0, TINY_VOCAB - 1), min_size=1,
+                                                                 max_size=40)}), min_size=1, max_size=4))
+PROMPT = VALID_PROMPTS | st.recursive(
     TOKEN, lambda inner: st.one_of(
         st.lists(inner, max_size=6), st.lists(st.integers(0, TINY_VOCAB - 1), min_size=1, max_size=150),
         st.tuples(inner, inner),
@@ -385,19 +426,15 @@ FAST = settings(max_examples=150, deadline=5000, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@pytest.fixture(scope="module")
-def tiny_small(tiny_path):
-    # max_model_len 64 and a 48-token cache: long prompts are refused one way or the other
-    return tiny_llm(tiny_path, max_model_len=64, num_gpu_blocks_override=3, max_num_seqs=4)
-
-
 def check_at_the_door(llm, prompts, make_params):
     with time_limit(10):
         try:
             outs = llm.generate(prompts, make_params(), use_tqdm=False)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as e:
+            event(f"refused: {type(e).__name__}")
             assert_idle(llm)
             return None
+    event("served")
     assert outs and all(o.finished and o.error_code == 200 for o in outs)
     assert_idle(llm)
     return outs
@@ -443,24 +480,36 @@ def test_ten_thousand_requests_under_preemption(tiny_path):
 
 
 # ---- 5. repeatability -------------------------------------------------------------------------------
-SEEDED = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=16)
+SEEDED = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=12, ignore_eos=True)
 
 
-def test_seed_repeats_whatever_shares_the_batch(smol):
+def test_seed_repeats_whatever_shares_the_batch(tiny_path):
+    prompt = [5, 6, 7, 8]
+    # a small cache: the larger batches also preempt and recompute
+    llm = tiny_llm(tiny_path, max_num_seqs=8, num_gpu_blocks_override=6, kv_cache_ratio=1.0)
+    alone = llm.generate([prompt], SEEDED, use_tqdm=False)[0].outputs.token_ids
+    assert llm.generate([prompt], SEEDED, use_tqdm=False)[0].outputs.token_ids == alone
+    rng = random.Random(0)
+    for size in (2, 5, 8):
+        others = [[rng.randrange(TINY_VOCAB) for _ in range(rng.randint(1, 30))] for _ in range(size - 1)]
+        other_params = [SamplingParams(temperature=rng.choice([0.0, 0.7, 1.0]), top_k=rng.choice([0, 20]),
+                                       max_tokens=rng.randint(1, 20), ignore_eos=True) for _ in others]
+        pos = rng.randrange(size)
+        outs = llm.generate(others[:pos] + [prompt] + others[pos:],
+                            other_params[:pos] + [SEEDED] + other_params[pos:], use_tqdm=False)
+        assert outs[pos].outputs.token_ids == alone
+    assert llm.llm_engine.scheduler.num_preemptions > 0
+    assert_idle(llm)
+
+
+def test_seed_repeats_the_text(smol):
     prompt = "Write a story about a dragon."
-    alone = smol.generate(prompt, SEEDED, use_tqdm=False)[0].outputs
-    again = smol.generate(prompt, SEEDED, use_tqdm=False)[0].outputs
-    assert again.token_ids == alone.token_ids and again.text == alone.text
-    others = ["Hello, my name is", "The best way to cook rice is", "List three animals:"]
-    other_params = [SamplingParams(temperature=0, max_tokens=20),
-                    SamplingParams(temperature=1.0, seed=7, max_tokens=30, ignore_eos=True),
-                    SamplingParams(temperature=0.7, top_k=20, max_tokens=10)]
-    for pos in (0, 2, 3):
-        prompts = others[:pos] + [prompt] + others[pos:]
-        params = other_params[:pos] + [SEEDED] + other_params[pos:]
-        outs = smol.generate(prompts, params, use_tqdm=False)
-        assert outs[pos].outputs.text == alone.text
-    assert_idle(smol)
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=6)
+    alone = smol.generate(prompt, params, use_tqdm=False)[0].outputs.text
+    batch = smol.generate(["Hello, my name is", prompt], [SamplingParams(temperature=0, max_tokens=6), params],
+                          use_tqdm=False)
+    assert batch[1].outputs.text == alone
+    assert smol.generate(prompt, params, use_tqdm=False)[0].outputs.text == alone
 
 
 def test_unseeded_params_draw_their_seed_at_construction(tiny_path):

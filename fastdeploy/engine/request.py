@@ -79,6 +79,12 @@ class Request:
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(arrival_time=time.time()))
 
     @property
+    def min_tokens_ban_ids(self) -> list[int]:
+        """The ids that would end the request, banned while fewer than min_tokens are out."""
+        ids = self.stop_token_ids if self.sampling_params.ignore_eos else self.stop_token_ids | self.eos_token_ids
+        return sorted(ids)
+
+    @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class ModelRunner:
         self.device = device
         self.block_size = args.block_size
         torch.manual_seed(args.seed)
-        self.model = get_model(model_path, hf_config, dtype, device, args.load_format)
+        self.model = get_model(model_path, hf_config, dtype, device, args.load_format, quantization=args.quantization)
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.sampler = Sampler()
         self.vocab_size = hf_config.vocab_size
@@ -157,32 +158,22 @@ class ModelRunner:
         """The step's flat batch as host tensors (one copy each to the device later)."""
         bs = self.block_size
         query_lens = [s.num_new_tokens for s in scheduled]
-        total = sum(query_lens)
-        input_ids = np.empty(total, dtype=np.int64)
-        positions = np.empty(total, dtype=np.int64)
-        slots = np.empty(total, dtype=np.int64)
         tables = np.zeros((len(scheduled), max(len(s.request.block_table) for s in scheduled)), dtype=np.int32)
-        seq_lens, sample_rows, i = [], [], 0
+        input_ids, positions, slots, seq_lens, sample_rows = [], [], [], [], []
         for row, s in enumerate(scheduled):
-            req, start, n = s.request, s.request.num_computed_tokens, s.num_new_tokens
-            end = start + n
+            req, start = s.request, s.request.num_computed_tokens
+            end = start + s.num_new_tokens
             table = req.block_table
             tables[row, :len(table)] = table
-            if n == 1:
-                input_ids[i] = req.tokens(start, end)[0]
-                positions[i] = start
-                slots[i] = table[start // bs] * bs + start % bs
-            else:
-                pos = np.arange(start, end)
-                input_ids[i:i + n] = req.tokens(start, end)
-                positions[i:i + n] = pos
-                slots[i:i + n] = tables[row, pos // bs].astype(np.int64) * bs + pos % bs
-            i += n
+            input_ids += req.tokens(start, end)
+            positions += range(start, end)
+            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             seq_lens.append(end)
             if s.samples:
-                sample_rows.append(i - 1)
-        return StepInputs(torch.from_numpy(input_ids), torch.from_numpy(positions), torch.from_numpy(slots),
-                          torch.from_numpy(tables), query_lens, seq_lens, sample_rows)
+                sample_rows.append(len(input_ids) - 1)
+        as_tensor = partial(torch.tensor, dtype=torch.long)
+        return StepInputs(as_tensor(input_ids), as_tensor(positions), as_tensor(slots), torch.from_numpy(tables),
+                          query_lens, seq_lens, sample_rows)
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> StepOutput:
@@ -208,7 +199,7 @@ class ModelRunner:
 
     def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
         # eos and stop ids are banned until min_tokens are out
-        bans = [sorted(r.stop_token_ids | (frozenset() if r.sampling_params.ignore_eos else r.eos_token_ids))
+        bans = [r.min_tokens_ban_ids if r.num_output_tokens < r.sampling_params.min_tokens else []
                 for r in reqs]
         return SamplingMetadata.build(
             [r.sampling_params for r in reqs], [r.prompt_token_ids for r in reqs],

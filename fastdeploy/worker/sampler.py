@@ -74,16 +74,11 @@ class SamplingMetadata:
         if not all(len(x) == rows for x in (prompt_token_ids, output_token_ids, ban_token_ids,
                                              bad_words_token_ids)):
             raise ValueError("SamplingMetadata.build: every per-row list needs one entry per row")
-        unresolved = [p for p in params if any(getattr(p, f) is None for f in NEUTRAL_DEFAULTS)]
-        if unresolved:
-            raise ValueError(f"SamplingMetadata.build needs resolved SamplingParams, got {unresolved[0]}")
-
-        greedy = [p.temperature < GREEDY_TEMPERATURE or p.top_k == 1 or p.top_p == 0.0 for p in params]
-        apply_penalties = any((p.presence_penalty, p.frequency_penalty, p.repetition_penalty)
-                              != (0.0, 0.0, 1.0) for p in params)
-        apply_filters = any(not g and (p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0)
-                            for p, g in zip(params, greedy))
-        banned = [_banned_tokens(p, out, bans, bad_words)
+        per_row = [_row(p, vocab_size) for p in params]
+        greedy = [r.greedy for r in per_row]
+        apply_penalties = any(r.penalized for r in per_row)
+        apply_filters = any(r.filtered for r in per_row)
+        banned = [_banned_tokens(p, out, bans, bad_words) if bans or bad_words else []
                   for p, out, bans, bad_words in zip(params, output_token_ids, ban_token_ids,
                                                       bad_words_token_ids)]
         requested = [p.logprobs for p in params if p.logprobs is not None]
@@ -94,11 +89,9 @@ class SamplingMetadata:
 
         # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
         # must not grow by a copy per field.
-        floats = torch.tensor([[1.0 if g else p.temperature, p.top_p, p.min_p, p.presence_penalty,
-                                p.frequency_penalty, p.repetition_penalty, float(g)]
-                               for p, g in zip(params, greedy)], dtype=torch.float32).to(device)
-        ints = torch.tensor([[p.top_k if p.top_k > 0 else vocab_size, p.seed, len(out)]
-                             for p, out in zip(params, output_token_ids)], dtype=torch.int64).to(device)
+        floats = torch.tensor([r.floats for r in per_row], dtype=torch.float32).to(device)
+        ints = torch.tensor([[r.top_k, r.seed, len(out)] for r, out in zip(per_row, output_token_ids)],
+                            dtype=torch.int64).to(device)
         # Penalties need the token history; without them it is not worth the copy to the device.
         no_history = [[] for _ in params]
         return cls(
@@ -117,6 +110,34 @@ class SamplingMetadata:
             apply_penalties=apply_penalties,
             apply_filters=apply_filters,
         )
+
+@dataclass(frozen=True)
+class _Row:
+    """What one request's SamplingParams contribute to every step, computed once per request."""
+    floats: tuple[float, ...]    # temperature, top_p, min_p, presence, frequency, repetition, greedy
+    top_k: int
+    seed: int
+    greedy: bool
+    penalized: bool
+    filtered: bool
+
+
+def _row(params: SamplingParams, vocab_size: int) -> _Row:
+    # cached on the params object: the engine gives each request its own resolved copy
+    row = params.__dict__.get("_sampler_row")
+    if row is None or row.top_k > vocab_size:
+        if any(getattr(params, f) is None for f in NEUTRAL_DEFAULTS):
+            raise ValueError(f"SamplingMetadata.build needs resolved SamplingParams, got {params}")
+        p = params
+        greedy = p.temperature < GREEDY_TEMPERATURE or p.top_k == 1 or p.top_p == 0.0
+        row = _Row(floats=(1.0 if greedy else p.temperature, p.top_p, p.min_p, p.presence_penalty,
+                           p.frequency_penalty, p.repetition_penalty, float(greedy)),
+                   top_k=p.top_k if p.top_k > 0 else vocab_size, seed=p.seed, greedy=greedy,
+                   penalized=(p.presence_penalty, p.frequency_penalty, p.repetition_penalty) != (0.0, 0.0, 1.0),
+                   filtered=not greedy and (p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0))
+        params.__dict__["_sampler_row"] = row
+    return row
+
 
 def _banned_tokens(params: SamplingParams, output: list[int], ban_ids: list[int],
                    bad_words: list[list[int]]) -> list[int]:
