@@ -18,6 +18,7 @@ from fastdeploy.engine.sampling_params import MAX_SEED, SamplingParams
 from fastdeploy.engine.scheduler import Scheduler
 from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
 from fastdeploy.model_executor.loader import load_config
+from fastdeploy.reasoning import ReasoningParserManager
 from fastdeploy.utils.logger import get_logger
 from fastdeploy.utils.model_resolver import resolve_model
 from fastdeploy.worker.model_runner import ModelRunner
@@ -26,6 +27,9 @@ from fastdeploy.worker.model_runner import ModelRunner
 class LLMEngine:
     def __init__(self, args: EngineArgs):
         self.args = args
+        reasoning_cls = None
+        if args.reasoning_parser is not None:     # an unknown name fails before anything loads
+            reasoning_cls = ReasoningParserManager.get_reasoning_parser(args.reasoning_parser)
         self.model_path = resolve_model(args.model)
         self.hf_config = load_config(self.model_path)
         self.device = args.torch_device
@@ -48,10 +52,6 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
                                    args.enable_chunked_prefill,
                                    prefill_block_limit=max(1, int(self.runner.num_blocks * args.kv_cache_ratio)))
-        reasoning_cls = None
-        if args.reasoning_parser is not None:
-            from fastdeploy.reasoning import ReasoningParserManager
-            reasoning_cls = ReasoningParserManager.get_reasoning_parser(args.reasoning_parser)
         self.output_processor = OutputProcessor(self.tokenizer, args.max_model_len, reasoning_cls)
         self._ids = itertools.count()
 
