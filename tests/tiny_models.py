@@ -209,3 +209,62 @@ def convert_moe_to_paddle(hf_dir, out_dir) -> Path:
         config[key] = getattr(cfg, key)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+# -------------------------------------------------------------------------------------------- ERNIE 4.5 VL
+
+VL_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|begin_of_sentence|>", "<|end_of_sentence|>",
+                     "<|IMAGE_START|>", "<|IMAGE_END|>", "<|IMAGE_PLACEHOLDER|>", "<|VIDEO_START|>", "<|VIDEO_END|>",
+                     "<|VIDEO_PLACEHOLDER|>"]
+VL_WORDS = ["User", "Assistant", "Picture", "Video", ":", "1", "2", "what", "is", "in", "the", "image", "video",
+            "and", "describe", "?", "."]
+
+
+def tiny_vl_config(**overrides):
+    """A tiny ERNIE 4.5 VL: 3 decoder layers (layer 0 dense), 4 text + 4 vision experts (top-2, different
+    widths), one shared expert, a 2-block vision tower; token ids from `make_tiny_vl_tokenizer`."""
+    from transformers import Ernie4_5_VLMoeConfig
+    ids = {tok: i for i, tok in enumerate(VL_SPECIAL_TOKENS)}
+    text = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, moe_intermediate_size=[32, 16], moe_k=2, moe_num_experts=4,
+                moe_num_shared_experts=1, max_position_embeddings=512, rms_norm_eps=1e-5,
+                rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [3, 3, 2]})
+    vision = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=14)
+    cfg = dict(text_config=text, vision_config=vision, architectures=["Ernie4_5_VLMoeForConditionalGeneration"],
+               image_token_id=ids["<|IMAGE_PLACEHOLDER|>"], image_start_token_id=ids["<|IMAGE_START|>"],
+               image_end_token_id=ids["<|IMAGE_END|>"], video_token_id=ids["<|VIDEO_PLACEHOLDER|>"],
+               video_start_token_id=ids["<|VIDEO_START|>"], video_end_token_id=ids["<|VIDEO_END|>"])
+    return Ernie4_5_VLMoeConfig(**{**cfg, **overrides})
+
+
+def make_tiny_vl_tokenizer():
+    """A word-level fast tokenizer with ERNIE VL's special tokens (ids 0..11) and a few words."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {tok: i for i, tok in enumerate(VL_SPECIAL_TOKENS + VL_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in VL_SPECIAL_TOKENS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
+def make_tiny_vl_model(path, seed: int = 0, **config_overrides) -> Path:
+    """A tiny random ERNIE 4.5 VL directory: checkpoint (transformers writes the -PT layout), tokenizer,
+    and small image/video processor configs (tiny images, no timestamps drawn: no font file here)."""
+    from transformers import AutoModelForImageTextToText
+    path = Path(path)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(tiny_vl_config(**config_overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    make_tiny_vl_tokenizer().save_pretrained(path)
+    image = dict(size={"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 6}, patch_size=14, merge_size=2,
+                 temporal_patch_size=1)
+    video = dict(size={"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 4}, patch_size=14, merge_size=2,
+                 temporal_patch_size=2, min_frames=2, max_frames=6, draw_on_frames=False)
+    (path / "preprocessor_config.json").write_text(json.dumps(image))
+    (path / "video_preprocessor_config.json").write_text(json.dumps(video))
+    return path

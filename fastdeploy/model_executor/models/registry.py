@@ -6,6 +6,7 @@ from transformers import PretrainedConfig
 
 from fastdeploy.model_executor.models.ernie4_5 import Ernie4_5ForCausalLM
 from fastdeploy.model_executor.models.ernie4_5_moe import Ernie4_5_MoeForCausalLM
+from fastdeploy.model_executor.models.ernie4_5_vl_moe import Ernie4_5_VLMoeForConditionalGeneration
 from fastdeploy.model_executor.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
@@ -15,6 +16,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Ernie4_5ForCausalLM": Ernie4_5ForCausalLM,
     "Ernie4_5_ForCausalLM": Ernie4_5ForCausalLM,   # name in ERNIE's Paddle checkpoints
     "Ernie4_5_MoeForCausalLM": Ernie4_5_MoeForCausalLM,
+    "Ernie4_5_VLMoeForConditionalGeneration": Ernie4_5_VLMoeForConditionalGeneration,
 }
 
 

@@ -1,14 +1,20 @@
 """Triton weight-only quantized matmul (formats in quant_matmul.py), dequantizing in the inner loop.
 
-Both kernels walk K one 128-wide block at a time, as a low and a high half of 64 (the two nibbles of an
-int4 byte; for int8 simply the two halves). The integer weights go into the products as exact small floats
-and the scales are applied to the fp32 partial sums: per block for int4, once at the end for int8.
-
-- `_gemv_kernel` (M <= GEMV_MAX_M, decode): one activation row per program over BLOCK_N weight rows, several
-  blocks per step, no tensor cores; memory bound, so the grid is the N blocks (and the few rows, which
-  run side by side and re-read the same weight tile from L2).
-- `_gemm_kernel` (larger M): tl.dot tiles; BLOCK_N shrinks for small M so that enough programs stream
-  the weights at once.
+- `_gemv_kernel` (M <= GEMV_MAX_M, single-row decode): memory bound, so it is built to stream the weight bytes at
+  bandwidth. Each program owns a few (BLOCK_N) whole weight rows and walks K in wide chunks: every thread
+  issues 16-byte loads of one row's contiguous bytes, and with few rows per program there are N / BLOCK_N
+  programs (1024 for N = 4096) to keep enough loads in flight. Products accumulate elementwise in an fp32
+  register tile and are reduced across K once, after the loop (no shuffles inside it). The integers become
+  floats without the slow int-to-float unit: a small integer OR'ed (int4 nibble) or added (int8) into the
+  bit pattern of 2^23 (resp. 1.5 * 2^23) is that float plus the integer, exactly, and one subtraction
+  removes the offset. int4 group scales multiply each group's products (two per byte) before they join
+  the accumulator; the int8 per-channel scale is applied once at the end. Rows run as separate programs
+  (grid axis 0 is the row, fastest), so the few rows of a decode batch re-read each weight tile from L2.
+- `_gemm_kernel` (larger M): tl.dot tiles, walking K one 128-wide block at a time as a low and a high half
+  of 64 (the two nibbles of an int4 byte; for int8 simply the two halves); the integer weights enter the
+  products as exact small floats and the scales are applied to the fp32 partial sums. For small M the
+  weight stream is split along K too (SPLIT_K programs per tile, fp32 atomics into a zeroed buffer), so
+  that enough programs stream weights at once.
 
 This module imports triton at the top: the dispatcher in quant_matmul.py imports it lazily.
 """
@@ -20,100 +26,140 @@ import triton.language as tl
 
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK
 
-GEMV_MAX_M = 4
+# The GEMV only for a single row: from M = 2 the tensor-core kernel, which reads each weight tile once for
+# all rows, is as fast or faster (H100, Llama-3-8B shapes, CUDA-graph timings).
+GEMV_MAX_M = 1
 
 
 @triton.jit
-def _load_halves(w_ptr, rows, blocks, offs_j, mask, stride_wn, BITS: tl.constexpr, HALF: tl.constexpr):
-    """The weight values of K blocks `blocks` for weight rows `rows` as two float32 tensors (low and high
-    half of each block) of the broadcast shape of rows, blocks and offs_j."""
-    if BITS == 4:
-        packed = tl.load(w_ptr + rows * stride_wn + blocks * HALF + offs_j, mask=mask, other=0)
-        lo = (packed & 0xF).to(tl.float32) - 8.0
-        hi = (packed >> 4).to(tl.float32) - 8.0
-    else:
-        ptr = w_ptr + rows * stride_wn + blocks * (2 * HALF) + offs_j
-        lo = tl.load(ptr, mask=mask, other=0).to(tl.float32)
-        hi = tl.load(ptr + HALF, mask=mask, other=0).to(tl.float32)
-    return lo, hi
+def _i8_to_f32(q):
+    """int8 -> float32 exactly, by integer add into the bits of 1.5 * 2^23 (no I2F)."""
+    return (q.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+
+
+@triton.jit
+def _nibble_to_f32(n):
+    """int32 nibble in [0, 15] -> float32 n - 8 exactly, by OR into the bits of 2^23 (no I2F)."""
+    return (n | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
-                 BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr,
+                 BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  HALF: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    offs_b = tl.arange(0, BLOCKS_PER_STEP)
-    offs_j = tl.arange(0, HALF)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)          # clamped: weight loads need no N mask
     x_row = x_ptr + m * stride_xm
-    rows = offs_n[:, None].to(tl.int64)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for b0 in range(0, num_blocks, BLOCKS_PER_STEP):
-        blocks = b0 + offs_b                                           # [S]
-        k_lo = blocks[:, None] * (2 * HALF) + offs_j[None, :]         # [S, HALF]
-        x_lo = tl.load(x_row + k_lo, mask=k_lo < K, other=0.0).to(tl.float32)
-        x_hi = tl.load(x_row + k_lo + HALF, mask=k_lo + HALF < K, other=0.0).to(tl.float32)
-        w_mask = n_mask[:, None, None] & (blocks < num_blocks)[None, :, None]
-        w_lo, w_hi = _load_halves(w_ptr, rows[:, :, None], blocks[None, :, None], offs_j[None, None, :], w_mask,
-                                  stride_wn, BITS, HALF)
-        part = tl.sum(w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :], axis=2)   # [BLOCK_N, S]
-        if BITS == 4:
-            s_mask = n_mask[:, None] & (blocks < num_blocks)[None, :]
-            s = tl.load(s_ptr + rows * stride_sn + blocks[None, :], mask=s_mask, other=0.0)
-            part = part * s.to(tl.float32)
-        acc += tl.sum(part, axis=1)
     if BITS == 8:
-        acc *= tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
+        Kp = num_blocks * (2 * HALF)
+        offs_k = tl.arange(0, BLOCK_K)
+        w_ptrs = w_ptr + rows[:, None] * stride_wn + offs_k[None, :]
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, Kp, BLOCK_K):
+            k = k0 + offs_k
+            w = tl.load(w_ptrs, mask=(k < Kp)[None, :], other=0)
+            x = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
+            acc += _i8_to_f32(w) * x[None, :]
+            w_ptrs += BLOCK_K
+        out = tl.sum(acc, axis=1) * tl.load(s_ptr + rows)
+    else:
+        G: tl.constexpr = BLOCK_K // (2 * HALF)              # 128-wide groups per step (HALF bytes each)
+        offs_g = tl.arange(0, G)
+        offs_j = tl.arange(0, HALF)
+        w_ptrs = w_ptr + rows[:, None, None] * stride_wn + offs_g[None, :, None] * HALF + offs_j[None, None, :]
+        s_ptrs = s_ptr + rows[:, None] * stride_sn + offs_g[None, :]
+        acc = tl.zeros([BLOCK_N, G, HALF], dtype=tl.float32)
+        for g0 in range(0, num_blocks, G):
+            g = g0 + offs_g
+            g_mask = g < num_blocks
+            packed = tl.load(w_ptrs, mask=g_mask[None, :, None], other=0).to(tl.int32)
+            k_lo = g[:, None] * (2 * HALF) + offs_j[None, :]
+            x_lo = tl.load(x_row + k_lo, mask=k_lo < K, other=0.0).to(tl.float32)
+            x_hi = tl.load(x_row + k_lo + HALF, mask=k_lo + HALF < K, other=0.0).to(tl.float32)
+            s = tl.load(s_ptrs, mask=g_mask[None, :], other=0.0).to(tl.float32)
+            part = _nibble_to_f32(packed & 0xF) * x_lo[None, :, :] + _nibble_to_f32(packed >> 4) * x_hi[None, :, :]
+            acc += part * s[:, :, None]
+            w_ptrs += G * HALF
+            s_ptrs += G
+        out = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+        out += tl.load(b_ptr + rows).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _load_halves(w_ptr, rows, blocks, offs_j, stride_wn, BITS: tl.constexpr, HALF: tl.constexpr):
+    """The weight values of K blocks `blocks` for weight rows `rows` (in range) as two float32 tensors (low
+    and high half of each block) of the broadcast shape of rows, blocks and offs_j."""
+    if BITS == 4:
+        packed = tl.load(w_ptr + rows * stride_wn + blocks * HALF + offs_j)
+        lo = (packed & 0xF).to(tl.float32) - 8.0
+        hi = (packed >> 4).to(tl.float32) - 8.0
+    else:
+        ptr = w_ptr + rows * stride_wn + blocks * (2 * HALF) + offs_j
+        lo = tl.load(ptr).to(tl.float32)
+        hi = tl.load(ptr + HALF).to(tl.float32)
+    return lo, hi
 
 
 @triton.jit
 def _gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 HALF: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 HALF: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_K: tl.constexpr):
     # axis 0 walks M fastest, so programs running together share a weight tile through L2
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_k = tl.program_id(2)
     offs_j = tl.arange(0, HALF)
     m_mask = offs_m < M
     n_mask = offs_n < N
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
-    rows = offs_n[None, :].to(tl.int64)
+    rows = tl.minimum(offs_n, N - 1)[None, :].to(tl.int64)
     dt = x_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for blk in range(num_blocks):
+    per_split = tl.cdiv(num_blocks, SPLIT_K)
+    blk_end = tl.minimum(num_blocks, (pid_k + 1) * per_split)
+    for blk in range(pid_k * per_split, blk_end):
         k_lo = blk * (2 * HALF) + offs_j[None, :]
         x_lo = tl.load(x_rows + k_lo, mask=m_mask[:, None] & (k_lo < K), other=0.0)
         x_hi = tl.load(x_rows + k_lo + HALF, mask=m_mask[:, None] & (k_lo + HALF < K), other=0.0)
-        w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], n_mask[None, :], stride_wn, BITS, HALF)
+        w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF)
         if BITS == 4:
             part = tl.dot(x_lo, w_lo.to(dt), input_precision=DOT_PRECISION)
             part = tl.dot(x_hi, w_hi.to(dt), part, input_precision=DOT_PRECISION)
-            s = tl.load(s_ptr + offs_n * stride_sn + blk, mask=n_mask, other=0.0).to(tl.float32)
-            acc += part * s[None, :]
+            s = tl.load(s_ptr + rows * stride_sn + blk).to(tl.float32)
+            acc += part * s
         else:
             acc = tl.dot(x_lo, w_lo.to(dt), acc, input_precision=DOT_PRECISION)
             acc = tl.dot(x_hi, w_hi.to(dt), acc, input_precision=DOT_PRECISION)
     if BITS == 8:
         acc *= tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        if pid_k == 0:
+            acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     y = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K == 1:
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:   # y is a zeroed fp32 buffer
+        tl.atomic_add(y, acc, mask=mask, sem="relaxed")
 
 
 @dataclass(frozen=True)
 class GemvConfig:
-    block_n: int = 16
-    blocks_per_step: int = 0        # 0: 8 for int4, 4 for int8 (4 KiB of int8/int4 weights per 16 rows)
-    num_warps: int = 8
-    num_stages: int = 2
+    block_n: int = 4
+    block_k: int = 512              # K elements per step, a multiple of 128
+    num_warps: int = 2
+    num_stages: int = 3
+
+
+# picked by `benchmarks/quant_kernels.py --sweep` on an H100 at M=1 (Llama-3-8B shapes): few warps, so that
+# each thread holds several rows of one K slice and reuses its activations
+GEMV_DEFAULT = {8: GemvConfig(4, 512, 2, 3), 4: GemvConfig(4, 1024, 2, 3)}
 
 
 @dataclass(frozen=True)
@@ -122,11 +168,18 @@ class GemmConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    split_k: int = 1
 
 
-def gemm_config(m: int) -> GemmConfig:
+def gemm_config(m: int, n: int, num_blocks: int) -> GemmConfig:
     if m <= 32:
-        return GemmConfig(max(16, triton.next_power_of_2(m)), 32, 4, 4)
+        # weight streaming: split K until about 4 programs per SM stream weights
+        bm, bn = max(16, triton.next_power_of_2(m)), 32
+        tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+        split = 1
+        while tiles * split < 512 and num_blocks // (split * 2) >= 4:
+            split *= 2
+        return GemmConfig(bm, bn, 4, 4, split)
     if m <= 64:
         return GemmConfig(64, 64, 4, 4)
     return GemmConfig(128, 128, 8, 3)
@@ -140,23 +193,32 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
-        return y.view(*x.shape[:-1], N)
+        return torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
     num_blocks = triton.cdiv(K, BLOCK)
     stride_sn = scale.stride(0) if bits == 4 else 0
-    args = (x2, qweight, scale, bias if bias is not None else y, y, N, K, num_blocks,
-            x2.stride(0), qweight.stride(0), stride_sn, y.stride(0))
-    if M <= GEMV_MAX_M and not isinstance(config, GemmConfig):
-        c = config or GemvConfig()
-        per_step = c.blocks_per_step or (8 if bits == 4 else 4)
+    if isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M):
+        c = config or GEMV_DEFAULT[bits]
+        block_k = c.block_k
+        y = torch.empty(M, N, dtype=x.dtype, device=x.device)
         _gemv_kernel[(M, triton.cdiv(N, c.block_n))](
-            *args, BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCKS_PER_STEP=per_step,
+            x2, qweight, scale, bias if bias is not None else y, y, N, K, num_blocks,
+            x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
+            BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=block_k,
             HALF=BLOCK // 2, num_warps=c.num_warps, num_stages=c.num_stages)
+        return y.view(*x.shape[:-1], N)
+    c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
+    split = max(1, min(c.split_k, num_blocks))
+    if split == 1:
+        y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     else:
-        c = config if isinstance(config, GemmConfig) else gemm_config(M)
-        _gemm_kernel[(triton.cdiv(M, c.block_m), triton.cdiv(N, c.block_n))](
-            *args[:5], M, *args[5:], BITS=bits, HAS_BIAS=bias is not None, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
-            HALF=BLOCK // 2, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            num_warps=c.num_warps, num_stages=c.num_stages)
+        y = torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    _gemm_kernel[(triton.cdiv(M, c.block_m), triton.cdiv(N, c.block_n), split)](
+        x2, qweight, scale, bias if bias is not None else y, y, M, N, K, num_blocks,
+        x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
+        BITS=bits, HAS_BIAS=bias is not None, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
+        HALF=BLOCK // 2, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
+        num_warps=c.num_warps, num_stages=c.num_stages)
+    if split > 1:
+        y = y.to(x.dtype)
     return y.view(*x.shape[:-1], N)
