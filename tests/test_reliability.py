@@ -6,7 +6,9 @@ import contextlib
 import random
 import signal
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +45,16 @@ def tiny(tiny_path):
 def tiny_small(tiny_path):
     # max_model_len 64 and a KV cache of 3 x 16 = 48 tokens: both limits can be hit
     return tiny_llm(tiny_path, max_model_len=64, num_gpu_blocks_override=3, max_num_seqs=4)
+
+
+@pytest.fixture
+def one_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy 2-core machine OpenMP
+    threads waiting on each other make its steps tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def assert_idle(llm):
@@ -219,7 +231,6 @@ def test_long_max_tokens_is_clamped_to_the_kv_cache(tiny_small, max_tokens):
 
 
 def test_numpy_token_ids_are_accepted(tiny):
-    np = pytest.importorskip("numpy")
     ids = [3, 17, 42]
     ref = tiny.generate([ids], GREEDY, use_tqdm=False)[0].outputs.token_ids
     assert tiny.generate([list(np.array(ids))], GREEDY, use_tqdm=False)[0].outputs.token_ids == ref
@@ -267,7 +278,7 @@ PROMPTS = [[3, 4, 5], [7] * 20, [11, 12] * 15, [9] * 40]
 PARAMS = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
 
-def test_output_fault_fails_only_its_request(tiny, monkeypatch):
+def test_output_fault_fails_only_its_request(tiny, monkeypatch, one_thread):
     ref = tiny.generate(PROMPTS, PARAMS, use_tqdm=False)
     processor = tiny.llm_engine.output_processor
     append_token = processor.append_token
@@ -286,7 +297,7 @@ def test_output_fault_fails_only_its_request(tiny, monkeypatch):
     assert_idle(tiny)
 
 
-def test_make_output_fault_fails_only_its_request(tiny, monkeypatch):
+def test_make_output_fault_fails_only_its_request(tiny, monkeypatch, one_thread):
     ref = tiny.generate(PROMPTS, PARAMS, use_tqdm=False)
     processor = tiny.llm_engine.output_processor
     make_output = processor.make_output
@@ -338,7 +349,7 @@ def test_detokenizer_fault_fails_only_its_request(smol, monkeypatch):
 
 @pytest.mark.parametrize("fault", [RuntimeError("injected CUDA error"), KeyboardInterrupt()],
                          ids=["exception", "interrupt"])
-def test_model_fault_fails_the_call_and_the_llm_recovers(tiny, monkeypatch, fault):
+def test_model_fault_fails_the_call_and_the_llm_recovers(tiny, monkeypatch, fault, one_thread):
     ref = tiny.generate(PROMPTS, PARAMS, use_tqdm=False)
     model = tiny.llm_engine.runner.model
     forward = model.forward
@@ -362,6 +373,27 @@ def test_model_fault_fails_the_call_and_the_llm_recovers(tiny, monkeypatch, faul
     assert [o.outputs.token_ids for o in outs] == [o.outputs.token_ids for o in ref]
     assert all(o.error_code == 200 for o in outs)
     assert_idle(tiny)
+
+
+def test_abort_survives_an_output_fault(tiny_path, monkeypatch):
+    llm = tiny_llm(tiny_path, max_num_seqs=4)      # its own engine: the shared one must stay clean
+    model, processor = llm.llm_engine.runner.model, llm.llm_engine.output_processor
+    forward, make_output = model.forward, processor.make_output
+
+    def failing_forward(*args, **kwargs):
+        raise RuntimeError("injected CUDA error")
+
+    def flaky_make_output(req, *args):
+        out = make_output(req, *args)
+        if req.prompt_token_ids == PROMPTS[0]:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
+        return out
+
+    monkeypatch.setattr(model, "forward", failing_forward)
+    monkeypatch.setattr(processor, "make_output", flaky_make_output)
+    with pytest.raises(Exception):
+        llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    assert_idle(llm)
 
 
 # ---- 3. property-based: random input at the door ----------------------------------------------------
@@ -389,7 +421,7 @@ ANY = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-3, 40),
                 st.lists(st.text(max_size=2), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(),
                                                                            max_size=2))
 IDS = st.lists(st.integers(0, TINY_VOCAB - 1), max_size=3)
-VALID = {"n": st.integers(1, 3), "max_tokens": st.none() | st.integers(1, 4),
+VALID = {"n": st.integers(1, 3), "max_tokens": st.integers(1, 4),
          "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
          "repetition_penalty": st.floats(0.01, 2), "temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
          "top_k": st.integers(-1, TINY_VOCAB + 10), "min_p": st.floats(0, 1), "seed": st.integers(0, MAX_SEED),
@@ -422,12 +454,13 @@ PROMPT = VALID_PROMPTS | st.recursive(
         st.dictionaries(st.sampled_from(["prompt", "prompt_token_ids", "multimodal_data", "other"]), inner,
                         max_size=3)),
     max_leaves=12)
-FAST = settings(max_examples=150, deadline=5000, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# no per-example deadline (it flakes on a loaded machine): time_limit catches hangs
+FAST = settings(max_examples=120, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 def check_at_the_door(llm, prompts, make_params):
-    with time_limit(10):
+    with time_limit(20):
         try:
             outs = llm.generate(prompts, make_params(), use_tqdm=False)
         except (ValueError, TypeError) as e:
@@ -442,13 +475,13 @@ def check_at_the_door(llm, prompts, make_params):
 
 @FAST
 @given(kwargs=SP_KWARGS)
-def test_random_sampling_params(tiny_small, kwargs):
+def test_random_sampling_params(tiny_small, one_thread, kwargs):
     check_at_the_door(tiny_small, [[1, 2, 3], [4] * 20], lambda: SamplingParams(**kwargs))
 
 
 @FAST
 @given(prompts=PROMPT)
-def test_random_prompt_shapes(tiny_small, prompts):
+def test_random_prompt_shapes(tiny_small, one_thread, prompts):
     outs = check_at_the_door(tiny_small, prompts, lambda: SamplingParams(temperature=0, max_tokens=2))
     if outs is not None:
         assert all(1 <= len(o.outputs.token_ids) <= 2 for o in outs)
@@ -456,7 +489,7 @@ def test_random_prompt_shapes(tiny_small, prompts):
 
 # ---- 4. load ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ten_thousand_requests_under_preemption(tiny_path):
+def test_ten_thousand_requests_under_preemption(tiny_path, one_thread):
     rng = random.Random(0)
     n = 10_000
     prompts = [[rng.randrange(TINY_VOCAB) for _ in range(rng.randint(1, 40))] for _ in range(n)]
@@ -483,7 +516,7 @@ def test_ten_thousand_requests_under_preemption(tiny_path):
 SEEDED = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=12, ignore_eos=True)
 
 
-def test_seed_repeats_whatever_shares_the_batch(tiny_path):
+def test_seed_repeats_whatever_shares_the_batch(tiny_path, one_thread):
     prompt = [5, 6, 7, 8]
     # a small cache: the larger batches also preempt and recompute
     llm = tiny_llm(tiny_path, max_num_seqs=8, num_gpu_blocks_override=6, kv_cache_ratio=1.0)
@@ -512,7 +545,7 @@ def test_seed_repeats_the_text(smol):
     assert smol.generate(prompt, params, use_tqdm=False)[0].outputs.text == alone
 
 
-def test_unseeded_params_draw_their_seed_at_construction(tiny_path):
+def test_unseeded_params_draw_their_seed_at_construction(tiny_path, one_thread):
     """What happens without a seed (as in FastDeploy): each SamplingParams draws a random seed when it
     is built (from Python's `random`, not from `LLM(seed=...)`, which only seeds the weights of
     load_format="dummy"). So reusing one SamplingParams object repeats its samples, a batch that shares

@@ -61,6 +61,11 @@ class OutputProcessor:
         req.finish_reason = "stop"
         return True
 
+    def discard(self, req: Request) -> None:
+        """Drops an aborted request's text state without decoding anything (nothing here can fail)."""
+        self.detokenizers.pop(req.request_id, None)
+        self.texts.pop(req.request_id, None)
+
     def make_output(self, req: Request, enable_thinking: bool = True) -> RequestOutput:
         if self.detokenizers.pop(req.request_id, None) is not None:
             text = self.texts.pop(req.request_id)

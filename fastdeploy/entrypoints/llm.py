@@ -172,7 +172,7 @@ def _normalize_prompts(prompts) -> list[dict]:
 
 
 def _is_token_id(t) -> bool:
-    # numpy and torch integer scalars are Integral too; a bool is not a token id
+    # numpy integer scalars are Integral too; a bool is not a token id
     return isinstance(t, numbers.Integral) and not isinstance(t, bool)
 
 
