@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastdeploy.model_executor.ops import triton_kernels
 from fastdeploy.model_executor.ops.activation import silu_and_mul_ref
 
 
@@ -86,25 +87,10 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
     return ExpertBlocks(sorted_ids, block_expert, padded_end[-1:].to(torch.int32), block_m)
 
 
-def _triton():
-    """The Triton kernels module, or None where triton is not installed (imported on first use)."""
-    global _TRITON
-    if _TRITON is False:
-        try:
-            from fastdeploy.model_executor.ops import triton_fused_moe
-        except ImportError:
-            triton_fused_moe = None
-        _TRITON = triton_fused_moe
-    return _TRITON
-
-
-_TRITON = False
-
-
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor) -> torch.Tensor:
     """[T, H] -> [T, H]: the routed experts' weighted sum (Triton on CUDA, grouped matmuls elsewhere)."""
-    if x.is_cuda and _triton() is not None:
-        return _triton().fused_moe(x, w13, w2, topk_weights, topk_ids)
+    if x.is_cuda and triton_kernels("triton_fused_moe") is not None:
+        return triton_kernels("triton_fused_moe").fused_moe(x, w13, w2, topk_weights, topk_ids)
     return fused_moe_grouped(x, w13, w2, topk_weights, topk_ids)
 

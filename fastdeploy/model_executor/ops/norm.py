@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from fastdeploy.model_executor.ops import triton_kernels
+
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
                  residual: torch.Tensor | None = None):
@@ -17,22 +19,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out if residual is None else (out, residual)
 
 
-def _triton():
-    """The Triton kernels module, or None where triton is not installed (imported on first use)."""
-    global _TRITON
-    if _TRITON is False:
-        try:
-            from fastdeploy.model_executor.ops import triton_elementwise
-        except ImportError:
-            triton_elementwise = None
-        _TRITON = triton_elementwise
-    return _TRITON
-
-
-_TRITON = False
-
-
 def rms_norm(x, weight, eps, residual=None):
-    if x.is_cuda and _triton() is not None:
-        return _triton().rms_norm(x, weight, eps, residual)
+    if x.is_cuda and triton_kernels("triton_elementwise") is not None:
+        return triton_kernels("triton_elementwise").rms_norm(x, weight, eps, residual)
     return rms_norm_ref(x, weight, eps, residual)

@@ -9,6 +9,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from fastdeploy.model_executor.ops import triton_kernels
+
 
 def store_kvcache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       slot_mapping: torch.Tensor) -> None:
@@ -84,31 +86,16 @@ def _sdpa(q, k, v, mask, scale):
     return o.transpose(1, 2)
 
 
-def _triton():
-    """The Triton kernels module, or None where triton is not installed (imported on first use)."""
-    global _TRITON
-    if _TRITON is False:
-        try:
-            from fastdeploy.model_executor.ops import triton_attention
-        except ImportError:
-            triton_attention = None
-        _TRITON = triton_attention
-    return _TRITON
-
-
-_TRITON = False
-
-
 def store_kvcache(k, v, k_cache, v_cache, slot_mapping) -> None:
-    if k.is_cuda and _triton() is not None:
-        _triton().store_kvcache(k, v, k_cache, v_cache, slot_mapping)
+    if k.is_cuda and triton_kernels("triton_attention") is not None:
+        triton_kernels("triton_attention").store_kvcache(k, v, k_cache, v_cache, slot_mapping)
     else:
         store_kvcache_ref(k, v, k_cache, v_cache, slot_mapping)
 
 
 def paged_attention(q, k_cache, v_cache, md, scale: float) -> torch.Tensor:
-    if q.is_cuda and _triton() is not None:
-        return _triton().paged_attention(q, k_cache, v_cache, md.query_start_loc, md.seq_lens, md.block_tables,
+    if q.is_cuda and triton_kernels("triton_attention") is not None:
+        return triton_kernels("triton_attention").paged_attention(q, k_cache, v_cache, md.query_start_loc, md.seq_lens, md.block_tables,
                                          scale, md.max_query_len)
     return paged_attention_ref(q, k_cache, v_cache, md.query_start_loc, md.seq_lens, md.block_tables, scale,
                                md.query_lens_cpu, md.seq_lens_cpu)

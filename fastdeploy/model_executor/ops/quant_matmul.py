@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastdeploy.model_executor.ops import triton_kernels
+
 BLOCK = 128          # K padding and the int4 group size
 METHODS = {"wint8": 8, "wint4": 4}
 
@@ -70,24 +72,9 @@ QUANTIZE = {8: quantize_int8, 4: quantize_int4}
 MATMUL_REF = {8: wint8_matmul_ref, 4: wint4_matmul_ref}
 
 
-def _triton():
-    """The Triton kernels module, or None where triton is not installed (imported on first use)."""
-    global _TRITON
-    if _TRITON is False:
-        try:
-            from fastdeploy.model_executor.ops import triton_quant_matmul
-        except ImportError:
-            triton_quant_matmul = None
-        _TRITON = triton_quant_matmul
-    return _TRITON
-
-
-_TRITON = False
-
-
 def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bits: int,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ dequant(W).T (+ bias) -> [..., N] in x's dtype: Triton on CUDA, the reference elsewhere."""
-    if x.is_cuda and _triton() is not None:
-        return _triton().quant_matmul(x, qweight, scale, bits, bias)
+    if x.is_cuda and triton_kernels("triton_quant_matmul") is not None:
+        return triton_kernels("triton_quant_matmul").quant_matmul(x, qweight, scale, bits, bias)
     return MATMUL_REF[bits](x, qweight, scale, bias)

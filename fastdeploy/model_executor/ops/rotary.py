@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from fastdeploy.model_executor.ops import triton_kernels
+
 
 def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """x: [T, heads, rot_dim], cos/sin: [T, rot_dim // 2] (fp32).
@@ -21,26 +23,11 @@ def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inte
     return out.to(x.dtype)
 
 
-def _triton():
-    """The Triton kernels module, or None where triton is not installed (imported on first use)."""
-    global _TRITON
-    if _TRITON is False:
-        try:
-            from fastdeploy.model_executor.ops import triton_elementwise
-        except ImportError:
-            triton_elementwise = None
-        _TRITON = triton_elementwise
-    return _TRITON
-
-
-_TRITON = False
-
-
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]; rotates the first 2 * cos.shape[-1] dims."""
-    if q.is_cuda and _triton() is not None:  # q and k in one launch
-        return _triton().apply_rotary(q, k, cos, sin, interleaved)
+    if q.is_cuda and triton_kernels("triton_elementwise") is not None:  # q and k in one launch
+        return triton_kernels("triton_elementwise").apply_rotary(q, k, cos, sin, interleaved)
     rot = 2 * cos.shape[-1]
     if rot == q.shape[-1]:
         return apply_rotary_ref(q, cos, sin, interleaved), apply_rotary_ref(k, cos, sin, interleaved)
