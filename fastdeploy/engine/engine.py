@@ -22,6 +22,7 @@ from fastdeploy.reasoning import ReasoningParserManager
 from fastdeploy.utils.logger import get_logger
 from fastdeploy.utils.model_resolver import resolve_model
 from fastdeploy.worker.model_runner import ModelRunner
+from fastdeploy.worker.worker_process import TensorParallelExecutor
 
 
 class LLMEngine:
@@ -47,7 +48,11 @@ class LLMEngine:
         if max_pos is not None and args.max_model_len > max_pos:
             get_logger().warning(f"max_model_len {args.max_model_len} exceeds the model's "
                                  f"max_position_embeddings {max_pos}")
-        self.runner = ModelRunner(self.model_path, self.hf_config, args, self.dtype, self.device)
+        if args.tensor_parallel_size > 1:
+            self.executor = TensorParallelExecutor(self.model_path, self.hf_config, args, self.dtype, self.device)
+            self.runner = self.executor.runner          # rank 0's shard, in this process
+        else:
+            self.runner = self.executor = ModelRunner(self.model_path, self.hf_config, args, self.dtype, self.device)
         self.block_manager = BlockManager(self.runner.num_blocks, args.block_size, args.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
                                    args.enable_chunked_prefill,
@@ -130,7 +135,7 @@ class LLMEngine:
             for req in requests:
                 if not req.is_finished:
                     self.scheduler.finish(req)
-                    self.output_processor.make_output(req)
+                    self.output_processor.discard(req)
             raise
 
     def step(self) -> list[Request]:
@@ -147,7 +152,7 @@ class LLMEngine:
                 m.inference_start_time = now
                 m.time_in_queue = now - m.arrival_time
         try:
-            out = self.runner.execute(sched.scheduled)
+            out = self.executor.execute(sched.scheduled)
         except Exception as e:
             raise RuntimeError(f"model step failed: {type(e).__name__}: {e}") from e
         self.scheduler.update_after_step(sched.scheduled)
@@ -197,13 +202,21 @@ def _read_template(template: str) -> str:
 
 
 def _check_tensor_parallel(args: EngineArgs, hf_config) -> None:
+    """N must split the attention heads evenly, and the key/value heads (or be a multiple of them: each
+    is then replicated). One GPU per rank; on the CPU one process per rank, at most one per core."""
     n = args.tensor_parallel_size
     if n == 1:
         return
     heads = hf_config.num_attention_heads
     if heads % n:
         raise ValueError(f"tensor_parallel_size {n} must divide the number of attention heads ({heads})")
-    available = torch.cuda.device_count() if args.torch_device.type == "cuda" else os.cpu_count()
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    if kv_heads % n and n % kv_heads:
+        raise ValueError(f"tensor_parallel_size {n} and the number of key/value heads ({kv_heads}): "
+                         "one must divide the other")
+    if args.torch_device.type == "cuda":
+        available, what = torch.cuda.device_count(), "GPUs"
+    else:
+        available, what = os.cpu_count() or 1, "CPU cores"
     if n > available:
-        raise ValueError(f"tensor_parallel_size {n} exceeds the {available} devices present")
-    raise ValueError(f"tensor_parallel_size {n} is not supported yet: this build runs on one device")
+        raise ValueError(f"tensor_parallel_size {n} exceeds the {available} {what} present")

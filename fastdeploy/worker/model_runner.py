@@ -1,6 +1,9 @@
 """Runs the model for one scheduled step: builds the flat batch, runs the forward, samples.
 
-Owns the model, the paged KV cache (sized by profiling free memory) and the sampler.
+Owns the model, the paged KV cache (sized by profiling free memory) and the sampler. With tensor
+parallelism it holds one rank's shard of the model; rank 0's (in the engine's process) prepares each
+step, hands its inputs to `send_inputs` so that the other ranks (worker_process.py) run the same
+`forward`, and samples.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from fastdeploy.distributed import min_over_ranks, tensor_parallel
 from fastdeploy.engine.request import Request
 from fastdeploy.engine.scheduler import ScheduledRequest
 from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
@@ -51,14 +55,18 @@ class StepOutput:
 
 
 class ModelRunner:
-    def __init__(self, model_path: str, hf_config, args, dtype: torch.dtype, device: torch.device):
+    def __init__(self, model_path: str, hf_config, args, dtype: torch.dtype, device: torch.device, rank: int = 0):
         self.args = args
         self.hf_config = hf_config
         self.dtype = dtype
         self.device = device
         self.block_size = args.block_size
+        self.world_size = args.tensor_parallel_size
+        self.send_inputs = None         # rank 0 under tensor parallelism: StepInputs -> the other ranks
         torch.manual_seed(args.seed)
-        self.model = get_model(model_path, hf_config, dtype, device, args.load_format, quantization=args.quantization)
+        with tensor_parallel(rank, self.world_size):
+            self.model = get_model(model_path, hf_config, dtype, device, args.load_format,
+                                   quantization=args.quantization)
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.sampler = Sampler()
         self.vocab_size = hf_config.vocab_size
@@ -84,7 +92,11 @@ class ModelRunner:
             num_blocks = self._profile_cuda()
         else:
             useful = CPU_KV_CACHE_MAX_SEQ_FACTOR * self.args.max_num_seqs * -(-self.args.max_model_len // self.block_size)
-            num_blocks = min(int(_available_ram() * CPU_KV_CACHE_FRACTION // self._kv_block_bytes()), useful)
+            # the ranks' processes share the RAM
+            ram = _available_ram() * CPU_KV_CACHE_FRACTION / self.world_size
+            num_blocks = min(int(ram // self._kv_block_bytes()), useful)
+        if self.world_size > 1:       # every rank's cache must hold the same blocks
+            num_blocks = min_over_ranks(num_blocks, self.device)
         if num_blocks < 1:
             raise RuntimeError("no memory is left for the KV cache after loading the model: lower "
                                "max_num_batched_tokens or raise gpu_memory_utilization")
@@ -179,23 +191,31 @@ class ModelRunner:
     def execute(self, scheduled: list[ScheduledRequest]) -> StepOutput:
         t0 = time.perf_counter()
         x = self._prepare(scheduled)
+        if self.send_inputs is not None:
+            self.send_inputs(x)
+        logits = self.forward(x)
+        if logits is None:
+            return StepOutput([], None, time.perf_counter() - t0)
         sampling = [s.request for s in scheduled if s.samples]
-        if self.graphs is not None and x.is_decode and self.graphs.fits(len(scheduled)):
-            logits = self.graphs.run(x.input_ids, x.positions, x.slot_mapping,
-                                     torch.tensor(x.seq_lens, dtype=torch.int32), x.block_tables)
-        else:
-            dev = self.device
-            md = self._attention_metadata(x.query_lens, x.seq_lens, x.block_tables.to(dev, non_blocking=True),
-                                          x.slot_mapping.to(dev, non_blocking=True))
-            hidden = self.model(x.input_ids.to(dev, non_blocking=True), x.positions.to(dev, non_blocking=True), md)
-            if not sampling:
-                return StepOutput([], None, time.perf_counter() - t0)
-            rows = torch.tensor(x.sample_rows, dtype=torch.long).to(dev, non_blocking=True)
-            logits = self.model.compute_logits(hidden[rows])
         out = self.sampler(logits[:, :self.vocab_size], self._sampling_metadata(sampling))
         token_ids = out.token_ids.tolist()
         logprobs = None if out.logprobs is None else _logprobs_as_dicts(out.logprobs, token_ids, sampling)
         return StepOutput(token_ids, logprobs, time.perf_counter() - t0)
+
+    @torch.inference_mode()
+    def forward(self, x: StepInputs) -> torch.Tensor | None:
+        """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
+        if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
+            return self.graphs.run(x.input_ids, x.positions, x.slot_mapping,
+                                   torch.tensor(x.seq_lens, dtype=torch.int32), x.block_tables)
+        dev = self.device
+        md = self._attention_metadata(x.query_lens, x.seq_lens, x.block_tables.to(dev, non_blocking=True),
+                                      x.slot_mapping.to(dev, non_blocking=True))
+        hidden = self.model(x.input_ids.to(dev, non_blocking=True), x.positions.to(dev, non_blocking=True), md)
+        if not x.sample_rows:
+            return None
+        rows = torch.tensor(x.sample_rows, dtype=torch.long).to(dev, non_blocking=True)
+        return self.model.compute_logits(hidden[rows])
 
     def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
         # eos and stop ids are banned until min_tokens are out

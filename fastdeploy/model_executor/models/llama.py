@@ -16,7 +16,7 @@ from transformers import PretrainedConfig
 
 from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
 from fastdeploy.model_executor.layers.embedding import LMHead, VocabEmbedding
-from fastdeploy.model_executor.layers.linear import GateUpLinear, Linear, QKVLinear, default_weight_loader
+from fastdeploy.model_executor.layers.linear import GateUpLinear, QKVLinear, RowParallelLinear, default_weight_loader
 from fastdeploy.model_executor.layers.norm import RMSNorm
 from fastdeploy.model_executor.layers.rotary_embedding import get_rope
 from fastdeploy.model_executor.ops.activation import silu_and_mul
@@ -39,12 +39,13 @@ def head_dim_of(config: PretrainedConfig) -> int:
 class SelfAttention(nn.Module):
     def __init__(self, config: PretrainedConfig, spec: ArchSpec):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads or self.num_heads
+        num_heads = config.num_attention_heads
         self.head_dim = head_dim_of(config)
-        self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads,
-                                  spec.qkv_bias)
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, spec.o_bias)
+        self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, num_heads,
+                                  config.num_key_value_heads or num_heads, spec.qkv_bias)
+        # this rank's heads (all of them without tensor parallelism)
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.o_proj = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, spec.o_bias)
         if spec.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -72,7 +73,7 @@ class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
         super().__init__()
         self.gate_up_proj = GateUpLinear(hidden_size, intermediate_size, bias)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
