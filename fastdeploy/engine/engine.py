@@ -17,7 +17,9 @@ from fastdeploy.engine.request import Request, RequestOutput
 from fastdeploy.engine.sampling_params import MAX_SEED, SamplingParams
 from fastdeploy.engine.scheduler import Scheduler
 from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
+from fastdeploy.input.multimodal import MultimodalProcessor
 from fastdeploy.model_executor.loader import load_config
+from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.reasoning import ReasoningParserManager
 from fastdeploy.utils.logger import get_logger
 from fastdeploy.utils.model_resolver import resolve_model
@@ -43,8 +45,10 @@ class LLMEngine:
                 self.tokenizer.chat_template = _read_template(args.chat_template)
             self.eos_token_ids = frozenset(get_eos_token_ids(self.tokenizer, self.model_path))
         self.generation_config = _read_generation_config(self.model_path)
-        _check_tensor_parallel(args, self.hf_config)
-        max_pos = getattr(self.hf_config, "max_position_embeddings", None)
+        self.text_config = self.hf_config.get_text_config()      # a multimodal config nests its LM's
+        _check_tensor_parallel(args, self.text_config)
+        self.mm_processor = self._multimodal_processor()
+        max_pos = getattr(self.text_config, "max_position_embeddings", None)
         if max_pos is not None and args.max_model_len > max_pos:
             get_logger().warning(f"max_model_len {args.max_model_len} exceeds the model's "
                                  f"max_position_embeddings {max_pos}")
@@ -60,13 +64,35 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer, args.max_model_len, reasoning_cls)
         self._ids = itertools.count()
 
+    def _multimodal_processor(self) -> MultimodalProcessor | None:
+        multimodal = self.hf_config.architectures[0] in MULTIMODAL_ARCHITECTURES
+        if self.args.enable_mm and not multimodal:
+            raise ValueError(f"enable_mm=True needs a multimodal model; {self.hf_config.architectures[0]} is "
+                             f"text-only (multimodal: {sorted(MULTIMODAL_ARCHITECTURES)})")
+        if not (self.args.enable_mm and multimodal):
+            return None
+        if self.tokenizer is None:
+            raise ValueError("enable_mm=True needs the tokenizer: drop skip_tokenizer_init")
+        return MultimodalProcessor(self.model_path, self.tokenizer, self.hf_config, self.args.limit_mm_per_prompt)
+
     # ---- requests -----------------------------------------------------------------------------
-    def make_requests(self, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
-                      extra_keys=None) -> list[Request]:
-        """Validates one prompt against the model and the cache and expands it into n requests."""
+    def make_requests(self, prompt: str | None, prompt_token_ids: list[int] | None, params: SamplingParams,
+                      multimodal_data: dict | None = None) -> list[Request]:
+        """Validates one prompt against the model and the cache and expands it into n requests.
+        With `multimodal_data` the processor tokenizes the prompt and expands its image/video markers."""
+        mm_inputs = extra_keys = None
+        if multimodal_data:
+            if self.mm_processor is None:
+                raise ValueError("multimodal_data (images, videos) needs a multimodal model loaded with "
+                                 "enable_mm=True")
+            mm_inputs = self.mm_processor.process(prompt=prompt if prompt_token_ids is None else None,
+                                                  prompt_token_ids=prompt_token_ids,
+                                                  multimodal_data=multimodal_data)
+            prompt_token_ids = mm_inputs.prompt_token_ids
+            extra_keys = tuple(mm_inputs.hashes)      # equal tokens with other images must not share KV
         if not prompt_token_ids:
             raise ValueError("prompt is empty: it must have at least one token")
-        vocab = self.hf_config.vocab_size
+        vocab = self.text_config.vocab_size
         # ids past the vocabulary would index outside the embedding or the sampler's tables mid-step
         for name, ids in (("prompt_token_ids", prompt_token_ids), ("stop_token_ids", params.stop_token_ids),
                           ("bad_words_token_ids", params.bad_words_token_ids)):
@@ -103,7 +129,8 @@ class LLMEngine:
             requests.append(Request(
                 request_id=str(next(self._ids)), prompt=prompt, prompt_token_ids=list(prompt_token_ids),
                 sampling_params=sample_params, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,
-                stop_token_ids=stop_ids, bad_words_token_ids=bad_words, index=i, extra_keys=extra_keys))
+                stop_token_ids=stop_ids, bad_words_token_ids=bad_words, index=i, extra_keys=extra_keys,
+                mm_inputs=mm_inputs))
         return requests
 
     def _bad_words_token_ids(self, bad_words: list[str] | None) -> list[list[int]]:
@@ -171,6 +198,7 @@ class LLMEngine:
                 req.error_msg = f"output processing failed: {type(e).__name__}: {e}"
             if req.finish_reason is not None:
                 req.metrics.model_execute_time = now - req.metrics.arrival_time
+                req.mm_encoded = None
                 self.scheduler.finish(req)
                 finished.append(req)
         return finished

@@ -66,6 +66,8 @@ class Request:
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
     index: int = 0                                    # which of the n samples of its prompt
     extra_keys: Any = None                            # e.g. image hashes, mixed into prefix-cache keys
+    mm_inputs: Any = None                             # MultimodalInputs of an image/video prompt
+    mm_encoded: Any = None                            # its vision-encoder output, kept across preemption
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] | None = None
     status: RequestStatus = RequestStatus.WAITING

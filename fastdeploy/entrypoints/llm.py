@@ -39,7 +39,7 @@ class LLM:
         requests = []
         for item, p in zip(items, params):
             text, token_ids = self._tokenize(item)
-            requests.append((text, token_ids, p, True))
+            requests.append((text, token_ids, p, True, item.get("multimodal_data")))
         return self._run(requests, use_tqdm)
 
     def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
@@ -57,17 +57,23 @@ class LLM:
         enable_thinking = kwargs.get("enable_thinking", True)
         requests = []
         for conv, p in zip(conversations, params):
-            prompt = self.render_chat(conv, chat_template=chat_template, **kwargs)
-            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-            requests.append((prompt, token_ids, p, enable_thinking))
+            # a multimodal engine collects the images and videos; a text-only one refuses them
+            media = {"image": [], "video": []} if self.llm_engine.mm_processor is not None else None
+            prompt = self.render_chat(conv, chat_template=chat_template, media=media, **kwargs)
+            if media and (media["image"] or media["video"]):
+                requests.append((prompt, None, p, enable_thinking, media))   # the processor tokenizes
+            else:
+                requests.append((prompt, self.tokenizer.encode(prompt, add_special_tokens=False), p,
+                                 enable_thinking, None))
         return self._run(requests, use_tqdm)
 
-    def render_chat(self, conversation: list[dict], chat_template: str | None = None, **kwargs) -> str:
+    def render_chat(self, conversation: list[dict], chat_template: str | None = None,
+                    media: dict[str, list] | None = None, **kwargs) -> str:
         self._require_tokenizer("chat")
         if chat_template is None and not self.tokenizer.chat_template:
             raise ValueError("this model has no chat template: pass chat_template=... or use generate()")
         return self.tokenizer.apply_chat_template(
-            [_text_only(m) for m in conversation], tokenize=False, add_generation_prompt=True,
+            [_flatten_content(m, media) for m in conversation], tokenize=False, add_generation_prompt=True,
             chat_template=chat_template, **kwargs)
 
     # ---- internals ----------------------------------------------------------------------------
@@ -87,9 +93,10 @@ class LLM:
         raise TypeError(f"sampling_params must be a SamplingParams or a list of them, "
                         f"got {type(sampling_params).__name__}")
 
-    def _tokenize(self, item: dict) -> tuple[str | None, list[int]]:
-        if item.get("multimodal_data"):
-            raise ValueError("multimodal_data needs a multimodal model loaded with enable_mm=True")
+    def _tokenize(self, item: dict) -> tuple[str | None, list[int] | None]:
+        if item.get("multimodal_data"):       # the multimodal processor tokenizes around the images
+            ids = item.get("prompt_token_ids")
+            return item.get("prompt"), None if ids is None else list(ids)
         if item.get("prompt_token_ids") is not None:
             return item.get("prompt"), list(item["prompt_token_ids"])
         text = item["prompt"]
@@ -104,7 +111,7 @@ class LLM:
     def _run(self, prompts: list[tuple], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine
         # validate every prompt before any work starts, so a bad one never half-runs a batch
-        groups = [(engine.make_requests(text, ids, p), thinking) for text, ids, p, thinking in prompts]
+        groups = [(engine.make_requests(text, ids, p, mm), thinking) for text, ids, p, thinking, mm in prompts]
         requests = [r for reqs, _ in groups for r in reqs]
         thinking = {r.request_id: t for reqs, t in groups for r in reqs}
         outputs: dict[str, RequestOutput] = {}
@@ -201,12 +208,22 @@ def _normalize_conversations(messages) -> list[list[dict]]:
                 raise TypeError(f"message role must be a str, got {type(m['role']).__name__}")
             if "content" not in m:
                 raise ValueError(f"message with role {m['role']!r} has no 'content'")
-            _text_only(m)      # checks the content now, before any conversation is rendered
+            _flatten_content(m, {"image": [], "video": []})   # checks the content before anything renders
     return [list(c) for c in conversations]
 
 
-def _text_only(message: dict) -> dict:
-    """Flattens OpenAI-style content parts to text; media parts need a multimodal model."""
+# content part type -> (modality, marker left in the text: ERNIE-VL's picture/video markup)
+MEDIA_PARTS = {
+    "image_url": ("image", "Picture {n}:<|IMAGE_START|><|image@placeholder|><|IMAGE_END|>"),
+    "image": ("image", "Picture {n}:<|IMAGE_START|><|image@placeholder|><|IMAGE_END|>"),
+    "video_url": ("video", "Video {n}:<|VIDEO_START|><|video@placeholder|><|VIDEO_END|>"),
+    "video": ("video", "Video {n}:<|VIDEO_START|><|video@placeholder|><|VIDEO_END|>"),
+}
+
+
+def _flatten_content(message: dict, media: dict[str, list] | None) -> dict:
+    """Flattens OpenAI-style content parts to text. Image and video parts go, in order, to `media`
+    (a multimodal engine's) and leave their marker in the text; without `media` they are an error."""
     content = message["content"]
     if content is None or isinstance(content, str):
         return message
@@ -222,8 +239,18 @@ def _text_only(message: dict) -> dict:
             if not isinstance(text, str):
                 raise TypeError(f"content part 'text' must be a str, got {type(text).__name__}")
             texts.append(text)
-        elif kind in ("image_url", "video_url", "image", "video"):
-            raise ValueError(f"content part of type {kind!r} needs a multimodal model loaded with enable_mm=True")
+        elif kind in MEDIA_PARTS:
+            if media is None:
+                raise ValueError(f"content part of type {kind!r} needs a multimodal model loaded with "
+                                 "enable_mm=True")
+            modality, marker = MEDIA_PARTS[kind]
+            source = part.get(kind)
+            if isinstance(source, dict) and "url" in source:
+                source = source["url"]
+            if source is None:
+                raise ValueError(f"content part of type {kind!r} has no {kind!r} field")
+            media[modality].append(source)
+            texts.append(marker.format(n=len(media[modality])))
         else:
-            raise ValueError(f"unknown content part type {kind!r}; known: text, image_url, video_url")
+            raise ValueError(f"unknown content part type {kind!r}; known: text, {', '.join(MEDIA_PARTS)}")
     return {**message, "content": "".join(texts)}

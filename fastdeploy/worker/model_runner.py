@@ -19,7 +19,9 @@ from fastdeploy.distributed import min_over_ranks, tensor_parallel
 from fastdeploy.engine.request import Request
 from fastdeploy.engine.scheduler import ScheduledRequest
 from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
+from fastdeploy.input.multimodal import MultimodalEmbeds
 from fastdeploy.model_executor.loader import get_model
+from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.utils.logger import get_logger
 from fastdeploy.worker.cuda_graph import DecodeGraphs
 from fastdeploy.worker.sampler import Sampler, SamplingMetadata
@@ -41,6 +43,7 @@ class StepInputs:
     query_lens: list[int]
     seq_lens: list[int]
     sample_rows: list[int]         # index in T of each sampling request's last token
+    mm_embeds: MultimodalEmbeds | None = None     # multimodal models: this step's image/video rows
 
     @property
     def is_decode(self) -> bool:
@@ -69,11 +72,14 @@ class ModelRunner:
                                    quantization=args.quantization)
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.sampler = Sampler()
-        self.vocab_size = hf_config.vocab_size
+        self.vocab_size = hf_config.get_text_config().vocab_size
+        # multimodal models take [3, T] (t, h, w) rotary positions and vision-encoder outputs
+        self.multimodal = hf_config.architectures[0] in MULTIMODAL_ARCHITECTURES
         self.num_blocks = self._profile_num_blocks()
         self._allocate_kv_cache(self.num_blocks)
         self.graphs = None
-        if device.type == "cuda" and not args.enforce_eager:
+        # decode graphs are captured with 1-D positions, so multimodal models run eagerly
+        if device.type == "cuda" and not args.enforce_eager and not self.multimodal:
             self.graphs = DecodeGraphs(self.model, args.max_num_seqs, -(-args.max_model_len // self.block_size),
                                        self.block_size, args.max_model_len, device)
             self.graphs.capture()
@@ -184,8 +190,27 @@ class ModelRunner:
             if s.samples:
                 sample_rows.append(len(input_ids) - 1)
         as_tensor = partial(torch.tensor, dtype=torch.long)
-        return StepInputs(as_tensor(input_ids), as_tensor(positions), as_tensor(slots), torch.from_numpy(tables),
-                          query_lens, seq_lens, sample_rows)
+        x = StepInputs(as_tensor(input_ids), as_tensor(positions), as_tensor(slots), torch.from_numpy(tables),
+                       query_lens, seq_lens, sample_rows)
+        if self.multimodal:
+            self._add_multimodal(x, scheduled)
+        return x
+
+    def _add_multimodal(self, x: StepInputs, scheduled: list[ScheduledRequest]) -> None:
+        """[3, T] positions, and the encoder rows of the image/video tokens in this step. Each request's
+        images are encoded once, on its first step, and kept (chunks and recomputes reuse them)."""
+        positions, parts = [], []
+        for s in scheduled:
+            req, start = s.request, s.request.num_computed_tokens
+            end = start + s.num_new_tokens
+            mm = req.mm_inputs
+            if mm is not None and req.mm_encoded is None:
+                req.mm_encoded = mm.encode(self.model)
+            positions.append(mm.get_positions(start, end) if mm is not None
+                             else torch.arange(start, end).expand(3, -1))
+            parts.append((mm, req.mm_encoded, start, end))
+        x.positions = torch.cat(positions, dim=1)
+        x.mm_embeds = MultimodalEmbeds.for_step(parts, self.device)
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> StepOutput:
@@ -211,7 +236,9 @@ class ModelRunner:
         dev = self.device
         md = self._attention_metadata(x.query_lens, x.seq_lens, x.block_tables.to(dev, non_blocking=True),
                                       x.slot_mapping.to(dev, non_blocking=True))
-        hidden = self.model(x.input_ids.to(dev, non_blocking=True), x.positions.to(dev, non_blocking=True), md)
+        extra = {} if x.mm_embeds is None else {"mm_embeds": x.mm_embeds}
+        hidden = self.model(x.input_ids.to(dev, non_blocking=True), x.positions.to(dev, non_blocking=True), md,
+                            **extra)
         if not x.sample_rows:
             return None
         rows = torch.tensor(x.sample_rows, dtype=torch.long).to(dev, non_blocking=True)

@@ -19,6 +19,9 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Ernie4_5_VLMoeForConditionalGeneration": Ernie4_5_VLMoeForConditionalGeneration,
 }
 
+# architectures that take images and videos (through enable_mm and the multimodal processor)
+MULTIMODAL_ARCHITECTURES = frozenset({"Ernie4_5_VLMoeForConditionalGeneration"})
+
 
 def register_model(name: str, cls: type[nn.Module]) -> None:
     _MODELS[name] = cls
