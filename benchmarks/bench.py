@@ -72,9 +72,10 @@ def measure_bandwidth() -> float:
 
 
 def release():
-    """Frees a deleted engine's GPU memory before the next model loads (graphs and caches sit in cycles)."""
+    """Frees a deleted engine's memory before the next model loads (graphs and caches sit in cycles)."""
     gc.collect()
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def timed(fn):
@@ -131,23 +132,48 @@ def gpu_smol_throughput(q, ctx):
                 transformers_output_tok_s=hf["output_tok_s"], transformers_batch=hf["batch"])
 
 
+def batch1_decode(model_dir: str, quantization: str | None = None) -> dict:
+    """Batch-1 decode of 256 tokens after a 128-token prompt: ms per output token (TTFT excluded)."""
+    llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+              max_num_seqs=1, max_model_len=1024, quantization=quantization)
+    run_engine(llm, random_prompts(1, 128, 1000), 256)           # warm-up of the same shape
+    r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
+    m = r["outs"][0].metrics
+    weights_gb = sum(t.numel() * t.element_size() for t in
+                     [*llm.llm_engine.runner.model.parameters(), *llm.llm_engine.runner.model.buffers()]) / 1e9
+    del llm
+    release()
+    return dict(ms_per_token=(r["seconds"] - m.first_token_time) / 255 * 1000, ttft_ms=m.first_token_time * 1000,
+                weights_gb=weights_gb)
+
+
 def gpu_latency(q, ctx):
     res = {}
     for name in ("smollm2-135m", "llama3-8b"):
-        llm = LLM(model=shape_dir(name), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-                  max_num_seqs=1, max_model_len=1024)
-        run_engine(llm, random_prompts(1, 128, 1000), 256)           # warm-up of the same shape
-        r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
-        o = r["outs"][0].metrics
-        decode_ms = (r["seconds"] - o.first_token_time) / 255 * 1000
+        r = batch1_decode(shape_dir(name))
         _, per_step = param_bytes(name)
         floor_ms = per_step / ctx["bandwidth"] * 1000
-        del llm
-        release()
         hf = hf_generate(hf_model_from_shape(name), 1, 128, 32 if q else 128, "cuda")
         release()
-        res[name] = dict(ms_per_token=decode_ms, ttft_ms=o.first_token_time * 1000, floor_ms=floor_ms,
-                         fraction_of_floor=floor_ms / decode_ms, transformers_ms_per_token=hf["ms_per_token"])
+        res[name] = dict(ms_per_token=r["ms_per_token"], ttft_ms=r["ttft_ms"], floor_ms=floor_ms,
+                         fraction_of_floor=floor_ms / r["ms_per_token"], transformers_ms_per_token=hf["ms_per_token"])
+    return res
+
+
+def gpu_quant(q, ctx):
+    """Llama-3-8B shape at batch 1 with weight-only int8/int4 beside bf16. The floor counts the bytes a
+    step reads: the linear weights at their stored width plus the bf16 embedding row and LM head."""
+    s = SHAPES["llama3-8b"]
+    _, bf16_step = param_bytes("llama3-8b")
+    head = s["vocab_size"] * s["hidden_size"] * 2
+    linear = bf16_step - head - s["hidden_size"] * 2 * (2 * s["num_hidden_layers"] + 1)
+    res = {}
+    for method, bits in ((None, 16), ("wint8", 8), ("wint4", 4)):
+        r = batch1_decode(shape_dir("llama3-8b"), method)
+        floor_ms = (linear * bits / 16 + head) / ctx["bandwidth"] * 1000
+        res[method or "bf16"] = dict(**r, floor_ms=floor_ms, fraction_of_floor=floor_ms / r["ms_per_token"])
+    res["wint4_speedup_over_bf16"] = res["bf16"]["ms_per_token"] / res["wint4"]["ms_per_token"]
+    res["wint8_speedup_over_bf16"] = res["bf16"]["ms_per_token"] / res["wint8"]["ms_per_token"]
     return res
 
 
@@ -193,16 +219,20 @@ def cpu_real(q, ctx):
              for i in range(32)]
     out_len = 32 if q else 128
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
-    llm = LLM(model=gguf, max_num_seqs=32, max_model_len=1024, enable_prefix_caching=False)
-    llm.chat(convs[:1], SamplingParams(max_tokens=4), use_tqdm=False)
-    outs, secs = timed(lambda: llm.chat(convs, params, use_tqdm=False))
-    batched = sum(len(o.outputs.token_ids) for o in outs) / secs
-    outs1, secs1 = timed(lambda: llm.chat(convs[:1], params, use_tqdm=False))
-    m = outs1[0].metrics
-    ms_tok = (secs1 - m.first_token_time) / (out_len - 1) * 1000
-    prompt_ids = outs1[0].prompt_token_ids
-    del llm
-    release()
+    res = {}
+    # float32 is the default on the CPU (exact against transformers); bfloat16 halves the bytes each
+    # step reads from RAM, which bounds decoding here, where the CPU has bf16 instructions
+    for dtype in ("float32", "bfloat16"):
+        llm = LLM(model=gguf, max_num_seqs=32, max_model_len=1024, enable_prefix_caching=False, dtype=dtype)
+        llm.chat(convs[:1], SamplingParams(max_tokens=4), use_tqdm=False)
+        outs, secs = timed(lambda: llm.chat(convs, params, use_tqdm=False))
+        outs1, secs1 = timed(lambda: llm.chat(convs[:1], params, use_tqdm=False))
+        ms_tok = (secs1 - outs1[0].metrics.first_token_time) / (out_len - 1) * 1000
+        res[f"engine_{dtype}"] = dict(batch32_tok_s=sum(len(o.outputs.token_ids) for o in outs) / secs,
+                                      batch1_ms_per_token=ms_tok, batch1_tok_s=1000 / ms_tok)
+        prompt_ids = outs1[0].prompt_token_ids
+        del llm
+        release()
     hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
                                               dtype=torch.float32).eval()
     ids = torch.tensor([prompt_ids])
@@ -210,9 +240,8 @@ def cpu_real(q, ctx):
     _, hsecs1 = timed(lambda: hf.generate(ids, **kw))
     batch16 = ids.repeat(16, 1)
     _, hsecs16 = timed(lambda: hf.generate(batch16, **kw))
-    return dict(engine_batched_tok_s=batched, engine_batch=32, engine_batch1_ms_per_token=ms_tok,
-                engine_batch1_tok_s=1000 / ms_tok, transformers_batch1_tok_s=out_len / hsecs1,
-                transformers_batch16_tok_s=16 * out_len / hsecs16, output_tokens=out_len)
+    return dict(**res, transformers_float32=dict(batch1_tok_s=out_len / hsecs1,
+                                                 batch16_tok_s=16 * out_len / hsecs16), output_tokens=out_len)
 
 
 def gpu_moe(q, ctx):
@@ -254,7 +283,7 @@ def gpu_moe(q, ctx):
 
 WORKLOADS = {"gpu-smol-throughput": gpu_smol_throughput, "gpu-latency": gpu_latency,
              "gpu-8b-throughput": gpu_8b_throughput, "gpu-prefix": gpu_prefix, "cpu-real": cpu_real,
-             "gpu-moe": gpu_moe}
+             "gpu-moe": gpu_moe, "gpu-quant": gpu_quant}
 
 
 def main():
