@@ -11,7 +11,7 @@ from transformers import AutoModelForImageTextToText
 from fastdeploy import LLM, SamplingParams
 from test_vl import PROMPT, TEXT_ONLY, _grids, _image, _token_types, _video_bytes, vl  # noqa: F401
 
-NUM_TOKENS = 12
+NUM_TOKENS = 32
 # an ERNIE-VL-like template: it renders string content (the engine turns image parts into markers)
 TEMPLATE = ("{%- for m in messages -%}{{- 'User: ' if m.role == 'user' else 'Assistant: ' -}}{{- m.content -}}"
             "{{- '\\n' -}}{%- endfor -%}{%- if add_generation_prompt -%}{{- 'Assistant: ' -}}"

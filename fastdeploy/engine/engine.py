@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from fastdeploy.engine.block_manager import BlockManager
@@ -16,8 +17,8 @@ from fastdeploy.engine.output_processor import OutputProcessor
 from fastdeploy.engine.request import Request, RequestOutput
 from fastdeploy.engine.sampling_params import MAX_SEED, SamplingParams
 from fastdeploy.engine.scheduler import Scheduler
-from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
 from fastdeploy.input.multimodal import MultimodalProcessor
+from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
 from fastdeploy.model_executor.loader import load_config
 from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.reasoning import ReasoningParserManager
@@ -96,7 +97,7 @@ class LLMEngine:
         # ids past the vocabulary would index outside the embedding or the sampler's tables mid-step
         for name, ids in (("prompt_token_ids", prompt_token_ids), ("stop_token_ids", params.stop_token_ids),
                           ("bad_words_token_ids", params.bad_words_token_ids)):
-            bad = [t for t in ids or () if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+            bad = _outside_vocab(ids or [], vocab)
             if bad:
                 raise ValueError(f"{name} hold ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         n_prompt = len(prompt_token_ids)
@@ -202,6 +203,16 @@ class LLMEngine:
                 self.scheduler.finish(req)
                 finished.append(req)
         return finished
+
+
+def _outside_vocab(ids: list[int], vocab: int) -> list:
+    """The ids that are not ints in [0, vocab), checked by numpy (long prompts cost no per-id Python)."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return []
+    if arr.dtype.kind not in "iu":
+        return [t for t in ids if not isinstance(t, int) or isinstance(t, bool)]
+    return arr[(arr < 0) | (arr >= vocab)].tolist()
 
 
 def _resolve_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:

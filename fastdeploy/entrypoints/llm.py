@@ -1,10 +1,10 @@
 """`LLM`: FastDeploy's offline inference entry point."""
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from fastdeploy.engine.config import EngineArgs
@@ -144,7 +144,7 @@ def _error_output(req: Request, error_msg: str) -> RequestOutput:
 def _normalize_prompts(prompts) -> list[dict]:
     if isinstance(prompts, (str, dict)):
         prompts = [prompts]
-    elif isinstance(prompts, (list, tuple)) and prompts and all(_is_token_id(t) for t in prompts):
+    elif isinstance(prompts, (list, tuple)) and prompts and _as_token_ids(prompts) is not None:
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)):
         raise TypeError("prompts must be a str, a list of str, a list of token ids, a list of token-id "
@@ -155,8 +155,8 @@ def _normalize_prompts(prompts) -> list[dict]:
     for p in prompts:
         if isinstance(p, str):
             items.append({"prompt": p})
-        elif isinstance(p, (list, tuple)) and all(_is_token_id(t) for t in p):
-            items.append({"prompt_token_ids": _token_ids(p)})
+        elif _as_token_ids(p) is not None:
+            items.append({"prompt_token_ids": _as_token_ids(p)})
         elif isinstance(p, dict):
             unknown = set(p) - {"prompt", "prompt_token_ids", "multimodal_data"}
             if unknown:
@@ -168,9 +168,10 @@ def _normalize_prompts(prompts) -> list[dict]:
                 raise TypeError(f"prompt must be a str, got {type(p['prompt']).__name__}")
             ids = p.get("prompt_token_ids")
             if ids is not None:
-                if not (isinstance(ids, (list, tuple)) and all(_is_token_id(t) for t in ids)):
+                token_ids = _as_token_ids(ids)
+                if token_ids is None:
                     raise TypeError("prompt_token_ids must be a list of int token ids")
-                p = {**p, "prompt_token_ids": _token_ids(ids)}
+                p = {**p, "prompt_token_ids": token_ids}
             items.append(p)
         else:
             raise TypeError("each prompt must be a str, a list of token ids or a dict, "
@@ -178,13 +179,18 @@ def _normalize_prompts(prompts) -> list[dict]:
     return items
 
 
-def _is_token_id(t) -> bool:
-    # numpy integer scalars are Integral too; a bool is not a token id
-    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
-
-
-def _token_ids(ids) -> list[int]:
-    return [int(t) for t in ids]
+def _as_token_ids(seq) -> list[int] | None:
+    """`seq` as a list of int token ids, or None when it is not a flat list or tuple of integers (numpy
+    integers count, bools do not). Checked by numpy, so a long prompt costs no Python work per id."""
+    if not isinstance(seq, (list, tuple)):
+        return None
+    if not seq:
+        return []
+    try:
+        arr = np.asarray(seq)
+    except (ValueError, TypeError):          # ragged nesting
+        return None
+    return arr.tolist() if arr.ndim == 1 and arr.dtype.kind in "iu" else None
 
 
 def _normalize_conversations(messages) -> list[list[dict]]:
