@@ -190,24 +190,34 @@ def gpu_8b_throughput(q, ctx):
                 transformers_output_tok_s=hf["output_tok_s"], transformers_batch=64)
 
 
-def gpu_prefix(q, ctx):
-    n = 256 if q else 1024
+def prefix_workload(model: str, n: int, prefix_len: int, unique_len: int, out_len: int, **engine_args) -> dict:
+    """n prompts sharing a prefix of prefix_len tokens (+ unique_len unique), with caching on vs off."""
     rng = random.Random(3)
-    prefix = [rng.randrange(10, 49000) for _ in range(1024)]
-    prompts = [prefix + [rng.randrange(10, 49000) for _ in range(64)] for _ in range(n)]
+    prefix = [rng.randrange(10, 49000) for _ in range(prefix_len)]
+    prompts = [prefix + [rng.randrange(10, 49000) for _ in range(unique_len)] for _ in range(n)]
     res = {}
     for caching in (True, False):
-        llm = LLM(model=shape_dir("smollm2-135m"), load_format="dummy", skip_tokenizer_init=True,
-                  dtype="bfloat16", max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=8192,
-                  enable_prefix_caching=caching)
+        llm = LLM(model=model, enable_prefix_caching=caching, **engine_args)
         run_engine(llm, prompts[:4], 4)
-        r = run_engine(llm, prompts, 64)
+        r = run_engine(llm, prompts, out_len)
         res["caching_on" if caching else "caching_off"] = dict(total_tok_s=r["total_tok_s"],
                                                                output_tok_s=r["output_tok_s"])
         del llm
         release()
     res["speedup"] = res["caching_on"]["total_tok_s"] / res["caching_off"]["total_tok_s"]
     return res
+
+
+def gpu_prefix(q, ctx):
+    return prefix_workload(shape_dir("smollm2-135m"), 256 if q else 1024, 1024, 64, 64, load_format="dummy",
+                           skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=256, max_model_len=2048,
+                           max_num_batched_tokens=8192)
+
+
+def cpu_prefix(q, ctx):
+    """gpu-prefix scaled to 2 cores: the real SmolLM2, 32 prompts sharing a 512-token prefix."""
+    from fastdeploy.utils.model_resolver import resolve_model
+    return prefix_workload(resolve_model(None), 32, 512, 32, 16, max_num_seqs=32, max_model_len=1024)
 
 
 def cpu_real(q, ctx):
@@ -283,7 +293,8 @@ def gpu_moe(q, ctx):
 
 WORKLOADS = {"gpu-smol-throughput": gpu_smol_throughput, "gpu-latency": gpu_latency,
              "gpu-8b-throughput": gpu_8b_throughput, "gpu-prefix": gpu_prefix, "cpu-real": cpu_real,
-             "gpu-moe": gpu_moe, "gpu-quant": gpu_quant}
+             "gpu-moe": gpu_moe, "gpu-quant": gpu_quant,
+             "cpu-prefix": cpu_prefix}
 
 
 def main():
