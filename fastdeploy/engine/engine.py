@@ -14,7 +14,7 @@ import torch
 from fastdeploy.engine.block_manager import BlockManager
 from fastdeploy.engine.config import SUPPORTED_DTYPES, EngineArgs
 from fastdeploy.engine.output_processor import OutputProcessor
-from fastdeploy.engine.request import Request, RequestOutput
+from fastdeploy.engine.request import Request
 from fastdeploy.engine.sampling_params import MAX_SEED, SamplingParams
 from fastdeploy.engine.scheduler import Scheduler
 from fastdeploy.input.multimodal import MultimodalProcessor

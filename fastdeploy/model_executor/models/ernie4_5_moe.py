@@ -54,23 +54,29 @@ class Ernie4_5_MoeForCausalLM(Ernie4_5ForCausalLM):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """CausalLM.load_weights plus: single experts go into their slice of the stacked expert
         parameters, `mlp.moe_statics.*` into the router, and MTP tensors are skipped."""
-        params = dict(self.named_parameters())
-        loaded = Counter()        # elements written per parameter: catches a missing expert or shard too
-        for name, tensor in weights:
-            if ".mtp_" in name or "rotary_emb.inv_freq" in name:
-                continue
-            if self.config.tie_word_embeddings and name == "lm_head.weight":
-                continue
-            name = name.replace(".mlp.moe_statics.", ".mlp.gate.")
-            name, shard = expert_shard(name) or _stacked_shard(name)
-            if name not in params:
-                raise KeyError(f"checkpoint tensor {name!r} has no parameter in {type(self).__name__}")
-            param = params[name]
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor, shard)
-            loaded[name] += tensor.numel()
-        missing = [name for name, p in params.items() if loaded[name] < p.numel()]
-        if missing:
-            raise ValueError(f"checkpoint lacks {sorted(missing)}")
+        load_expert_weights(self, ((name.replace(".mlp.moe_statics.", ".mlp.gate."), tensor)
+                                   for name, tensor in weights
+                                   if ".mtp_" not in name and "rotary_emb.inv_freq" not in name))
+
+
+def load_expert_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Loads (name, tensor) pairs already in our names: single experts into their slice of the stacked
+    expert parameters, q/k/v and gate/up into the merged ones. Every element of every parameter must
+    be written, which catches a missing expert or shard too."""
+    params = dict(model.named_parameters())
+    loaded = Counter()        # elements written per parameter
+    for name, tensor in weights:
+        if model.config.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        name, shard = expert_shard(name) or _stacked_shard(name)
+        if name not in params:
+            raise KeyError(f"checkpoint tensor {name!r} has no parameter in {type(model).__name__}")
+        param = params[name]
+        getattr(param, "weight_loader", default_weight_loader)(param, tensor, shard)
+        loaded[name] += tensor.numel()
+    missing = [name for name, p in params.items() if loaded[name] < p.numel()]
+    if missing:
+        raise ValueError(f"checkpoint lacks {sorted(missing)}")
 
 
 def _stacked_shard(name: str) -> tuple[str, object]:

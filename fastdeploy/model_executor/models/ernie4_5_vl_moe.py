@@ -17,7 +17,6 @@ the row (h) and the odd ones by the column (w), the last mrope_section[2] by tim
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -27,12 +26,11 @@ from transformers import PretrainedConfig
 from fastdeploy.input.multimodal import MultimodalEmbeds
 from fastdeploy.model_executor.layers.attention import AttentionMetadata
 from fastdeploy.model_executor.layers.embedding import LMHead, VocabEmbedding
-from fastdeploy.model_executor.layers.linear import default_weight_loader
-from fastdeploy.model_executor.layers.moe import FusedMoE, expert_shard
+from fastdeploy.model_executor.layers.moe import FusedMoE
 from fastdeploy.model_executor.layers.norm import RMSNorm
 from fastdeploy.model_executor.layers.rotary_embedding import get_rope
 from fastdeploy.model_executor.layers.vision import Resampler, VisionTransformer
-from fastdeploy.model_executor.models.ernie4_5_moe import _stacked_shard
+from fastdeploy.model_executor.models.ernie4_5_moe import load_expert_weights
 from fastdeploy.model_executor.models.llama import ArchSpec, DecoderLayer, GatedMLP, head_dim_of
 
 
@@ -159,20 +157,7 @@ class Ernie4_5_VLMoeForConditionalGeneration(nn.Module):
         experts 0..E-1 are text experts and E..2E-1 vision experts, `mlp.gate.weight` / `weight_1` the
         text / vision routers ([hidden, E]), `moe_statics.e_score_correction_bias` [2, E] both biases.
         transformers' in-memory names (`model.language_model.`, `text_moe.`, ...) load too."""
-        params = dict(self.named_parameters())
-        loaded = Counter()       # elements written per parameter: catches a missing expert or shard
-        for name, tensor in _to_our_names(weights, self.config):
-            if self.config.tie_word_embeddings and name == "lm_head.weight":
-                continue
-            name, shard = expert_shard(name) or _stacked_shard(name)
-            if name not in params:
-                raise KeyError(f"checkpoint tensor {name!r} has no parameter in {type(self).__name__}")
-            param = params[name]
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor, shard)
-            loaded[name] += tensor.numel()
-        missing = [name for name, p in params.items() if loaded[name] < p.numel()]
-        if missing:
-            raise ValueError(f"checkpoint lacks {sorted(missing)}")
+        load_expert_weights(self, _to_our_names(weights, self.config))
 
 
 _RENAMES = [  # transformers' in-memory names and the resampler's nn.Sequential indices -> ours
