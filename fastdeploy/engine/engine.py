@@ -210,7 +210,7 @@ def _outside_vocab(ids: list[int], vocab: int) -> list:
     arr = np.asarray(ids)
     if arr.size == 0:
         return []
-    if arr.dtype.kind not in "iu":
+    if arr.dtype.kind not in "iu" or bool in map(type, ids):      # numpy casts True to 1
         return [t for t in ids if not isinstance(t, int) or isinstance(t, bool)]
     return arr[(arr < 0) | (arr >= vocab)].tolist()
 

@@ -190,7 +190,9 @@ def _as_token_ids(seq) -> list[int] | None:
         arr = np.asarray(seq)
     except (ValueError, TypeError):          # ragged nesting
         return None
-    return arr.tolist() if arr.ndim == 1 and arr.dtype.kind in "iu" else None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu" or bool in map(type, seq):   # numpy casts True to 1
+        return None
+    return arr.tolist()
 
 
 def _normalize_conversations(messages) -> list[list[dict]]:
