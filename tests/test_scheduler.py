@@ -191,3 +191,26 @@ def test_kv_cache_ratio_limits_admission_while_others_run():
     s.add(make_req("a", range(12)))     # 3 blocks
     s.add(make_req("b", range(12)))     # 3 more would pass the limit of 5 while a runs
     assert plan(run_step(s)) == [("a", 12)]
+
+
+# ---- the model runner's persistent block tables ---------------------------------------------------
+def test_persistent_block_tables_write_only_what_changed():
+    from fastdeploy.worker.model_runner import PersistentBlockTables
+    mirror = PersistentBlockTables(max_blocks=4, rows=2)
+    a, b, c = make_req("a", range(3)), make_req("b", range(3)), make_req("c", range(3))
+    a.block_table, b.block_table = [5], [7, 8]
+    assert mirror.rows_for([a, b]).tolist() == [0, 1]
+    assert mirror.table[:2].tolist() == [[5, 0, 0, 0], [7, 8, 0, 0]]
+    a.block_table.append(6)                      # a decode step opened a block: only it is written
+    mirror.table[0, 0] = 99                      # (poisoned: proves the old entry is not rewritten)
+    assert mirror.rows_for([b, a]).tolist() == [1, 0]
+    assert mirror.table[0].tolist() == [99, 6, 0, 0]
+    a.block_table = [3]                          # preempted and readmitted: a new list, mirrored afresh
+    mirror.rows_for([a])
+    assert mirror.table[0, 0] == 3
+    c.block_table = [1, 2, 3]                    # a third request grows the mirror
+    assert mirror.rows_for([c]).tolist() == [2] and mirror.table.shape == (4, 4)
+    mirror.release(b)
+    d = make_req("d", range(3))
+    d.block_table = [4]
+    assert mirror.rows_for([d]).tolist() == [1]  # b's row is reused

@@ -163,6 +163,7 @@ class LLMEngine:
             for req in requests:
                 if not req.is_finished:
                     self.scheduler.finish(req)
+                    self.runner.block_tables.release(req)
                     self.output_processor.discard(req)
             raise
 
@@ -201,6 +202,7 @@ class LLMEngine:
                 req.metrics.model_execute_time = now - req.metrics.arrival_time
                 req.mm_encoded = None
                 self.scheduler.finish(req)
+                self.runner.block_tables.release(req)
                 finished.append(req)
         return finished
 

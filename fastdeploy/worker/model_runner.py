@@ -77,6 +77,7 @@ class ModelRunner:
         self.multimodal = hf_config.architectures[0] in MULTIMODAL_ARCHITECTURES
         self.num_blocks = self._profile_num_blocks()
         self._allocate_kv_cache(self.num_blocks)
+        self.block_tables = PersistentBlockTables(-(-args.max_model_len // self.block_size))
         self.graphs = None
         # decode graphs are captured with 1-D positions, so multimodal models run eagerly
         if device.type == "cuda" and not args.enforce_eager and not self.multimodal:
@@ -176,13 +177,13 @@ class ModelRunner:
         """The step's flat batch as host tensors (one copy each to the device later)."""
         bs = self.block_size
         query_lens = [s.num_new_tokens for s in scheduled]
-        tables = np.zeros((len(scheduled), max(len(s.request.block_table) for s in scheduled)), dtype=np.int32)
+        rows = self.block_tables.rows_for([s.request for s in scheduled])
+        tables = self.block_tables.table[rows, :max(len(s.request.block_table) for s in scheduled)]
         input_ids, positions, slots, seq_lens, sample_rows = [], [], [], [], []
-        for row, s in enumerate(scheduled):
+        for s in scheduled:
             req, start = s.request, s.request.num_computed_tokens
             end = start + s.num_new_tokens
             table = req.block_table
-            tables[row, :len(table)] = table
             input_ids += req.tokens(start, end)
             positions += range(start, end)
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
@@ -252,6 +253,42 @@ class ModelRunner:
             [r.sampling_params for r in reqs], [r.prompt_token_ids for r in reqs],
             [r.output_token_ids for r in reqs], bans, [r.bad_words_token_ids for r in reqs],
             self.vocab_size, self.device)
+
+
+class PersistentBlockTables:
+    """A host mirror of the running requests' block tables, one row per request kept across steps, so
+    a step writes only the entries added since the last one. Blocks are only ever appended to a
+    request's table; freeing gives the request a new list, which is then mirrored afresh."""
+
+    def __init__(self, max_blocks: int, rows: int = 64):
+        self.table = np.zeros((rows, max_blocks), dtype=np.int32)
+        self.free_rows = list(range(rows - 1, -1, -1))
+        self.mirrored: dict[str, tuple[int, list[int], int]] = {}   # request id -> (row, table, entries)
+
+    def rows_for(self, reqs: list[Request]) -> np.ndarray:
+        rows = []
+        for req in reqs:
+            row, mirrored, n = self.mirrored.get(req.request_id) or (self._new_row(), None, 0)
+            table = req.block_table
+            if table is not mirrored:
+                n = 0
+            if len(table) > n:
+                self.table[row, n:len(table)] = table[n:]
+            self.mirrored[req.request_id] = (row, table, len(table))
+            rows.append(row)
+        return np.asarray(rows)
+
+    def release(self, req: Request) -> None:
+        entry = self.mirrored.pop(req.request_id, None)
+        if entry is not None:
+            self.free_rows.append(entry[0])
+
+    def _new_row(self) -> int:
+        if not self.free_rows:
+            n = self.table.shape[0]
+            self.table = np.concatenate([self.table, np.zeros_like(self.table)])
+            self.free_rows = list(range(2 * n - 1, n - 1, -1))
+        return self.free_rows.pop()
 
 
 def _logprobs_as_dicts(lp, token_ids: list[int], reqs: list[Request]) -> list[dict[int, float] | None]:
