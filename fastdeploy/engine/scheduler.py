@@ -19,7 +19,7 @@ from fastdeploy.engine.request import Request, RequestStatus
 class ScheduledRequest:
     request: Request
     num_new_tokens: int
-    samples: bool = False      # the step reaches the end of the request's tokens: its logits give a token
+    samples: bool = field(init=False)   # the step reaches the end of the request's tokens: its logits give a token
 
     def __post_init__(self):
         self.samples = self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
