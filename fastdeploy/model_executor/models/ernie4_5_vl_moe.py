@@ -83,21 +83,6 @@ class ModalityMoE(nn.Module):
         return out
 
 
-class VLDecoderLayer(DecoderLayer):
-    """`DecoderLayer` whose feed-forward, when it is a `ModalityMoE`, is also told each token's modality."""
-
-    def forward(self, rope, hidden, residual, attn_metadata, split=None):
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(rope, hidden, attn_metadata)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        hidden = self.mlp(hidden, split) if isinstance(self.mlp, ModalityMoE) else self.mlp(hidden)
-        return hidden, residual
-
-
 class VLModel(nn.Module):
     def __init__(self, config: PretrainedConfig):
         super().__init__()
@@ -106,8 +91,8 @@ class VLModel(nn.Module):
         self.embed_tokens = VocabEmbedding(text.vocab_size, text.hidden_size)
         self.rotary_emb = MRotaryEmbedding(text)
         self.layers = nn.ModuleList(
-            VLDecoderLayer(text, spec, ModalityMoE(text, spec.mlp_bias) if kind == "sparse"
-                           else GatedMLP(text.hidden_size, text.intermediate_size, spec.mlp_bias))
+            DecoderLayer(text, spec, ModalityMoE(text, spec.mlp_bias) if kind == "sparse"
+                         else GatedMLP(text.hidden_size, text.intermediate_size, spec.mlp_bias))
             for kind in text.mlp_layer_types)
         self.norm = RMSNorm(text.hidden_size, text.rms_norm_eps)
         self.vision_model = VisionTransformer(config.vision_config)
@@ -123,7 +108,8 @@ class VLModel(nn.Module):
             split = (torch.nonzero(~vision).flatten(), torch.nonzero(vision).flatten())   # one sync per step
         rope, residual = self.rotary_emb(positions), None
         for layer in self.layers:
-            hidden, residual = layer(rope, hidden, residual, attn_metadata, split)
+            mlp_args = (split,) if isinstance(layer.mlp, ModalityMoE) else ()   # MoE layers route by modality
+            hidden, residual = layer(rope, hidden, residual, attn_metadata, *mlp_args)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

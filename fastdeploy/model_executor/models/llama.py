@@ -89,7 +89,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = mlp
 
-    def forward(self, rope, hidden, residual, attn_metadata):
+    def forward(self, rope, hidden, residual, attn_metadata, *mlp_args):
+        """`mlp_args` go to the feed-forward (e.g. the token modality a multimodal MoE routes by)."""
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
@@ -97,7 +98,7 @@ class DecoderLayer(nn.Module):
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(rope, hidden, attn_metadata)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        return self.mlp(hidden, *mlp_args), residual
 
 
 class DecoderModel(nn.Module):
