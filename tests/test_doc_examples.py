@@ -15,9 +15,9 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 MAX_TOKENS = 64
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", ["offline_chat.py", "offline_generate.py"])
-def test_guide_example_runs(script, monkeypatch):
+@pytest.fixture
+def capped_requests(monkeypatch):
+    """Every SamplingParams built while the test runs asks for at most MAX_TOKENS tokens."""
     post_init = SamplingParams.__post_init__
 
     def capped(self):
@@ -25,6 +25,11 @@ def test_guide_example_runs(script, monkeypatch):
         self.max_tokens = min(self.max_tokens or MAX_TOKENS, MAX_TOKENS)
 
     monkeypatch.setattr(SamplingParams, "__post_init__", capped)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["offline_chat.py", "offline_generate.py"])
+def test_guide_example_runs(script, capped_requests, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script])
     scope = runpy.run_path(os.path.join(EXAMPLES, script))
     outputs = scope["outputs"]
@@ -73,17 +78,11 @@ def tiny_vl_with_ernie_tokenizer(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["offline_vl_chat.py", "offline_vl_generate.py"])
-def test_guide_multimodal_example_runs(script, tiny_vl_with_ernie_tokenizer, tmp_path, monkeypatch):
+def test_guide_multimodal_example_runs(script, tiny_vl_with_ernie_tokenizer, tmp_path, capped_requests,
+                                       monkeypatch):
     from test_vl import _image
     image = tmp_path / "example2.png"
     _image(60, 90, 0).save(image)
-    post_init = SamplingParams.__post_init__
-
-    def capped(self):
-        post_init(self)
-        self.max_tokens = min(self.max_tokens or MAX_TOKENS, MAX_TOKENS)
-
-    monkeypatch.setattr(SamplingParams, "__post_init__", capped)
     monkeypatch.setattr(sys, "argv", [script, str(tiny_vl_with_ernie_tokenizer), str(image)])
     scope = runpy.run_path(os.path.join(EXAMPLES, script))
     outputs = scope["outputs"]

@@ -89,13 +89,16 @@ def test_logits_match_transformers(case, checkpoints):
     config = load_config(str(path))
     model = get_model(str(path), config, torch.float32, torch.device("cpu"))
     assert not model.training
+    assert_logits_match(model, config, hf_dir)
+
+
+def assert_logits_match(model, config, hf_dir):
+    """Random sequences run in paged steps (prefill, decode, mixed) give transformers' logits."""
     _bind_kv_cache(model)
     gen = torch.Generator().manual_seed(0)
     total = [p + sum(s[b] for s in STEP_LENS) for b, p in enumerate(PROMPT_LENS)]
     sequences = [torch.randint(config.vocab_size, (n,), generator=gen).tolist() for n in total]
-
     ours = _run_steps(model, sequences)
-
     ref_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     for seq, got in zip(sequences, ours):
         with torch.no_grad():

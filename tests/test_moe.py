@@ -23,7 +23,7 @@ from fastdeploy.model_executor.loader import get_model, load_config  # noqa: E40
 from fastdeploy.model_executor.layers.moe import FusedMoE  # noqa: E402
 from fastdeploy.model_executor.ops.fused_moe import (align_by_expert, fused_moe_grouped,  # noqa: E402
                                                      fused_moe_ref, select_experts)
-from test_models import PROMPT_LENS, STEP_LENS, _bind_kv_cache, _run_steps  # noqa: E402
+from test_models import assert_logits_match  # noqa: E402
 from tiny_models import convert_moe_to_paddle, make_tiny_moe_model, tiny_moe_config  # noqa: E402
 
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
@@ -128,16 +128,7 @@ def test_logits_match_transformers(case, checkpoints):
     model = get_model(str(path), config, torch.float32, torch.device("cpu"))
     assert sum(isinstance(layer.mlp, FusedMoE) for layer in model.model.layers) == \
         {"hf": 3, "paddle": 3, "sparse": 2}[case]
-    _bind_kv_cache(model)
-    gen = torch.Generator().manual_seed(0)
-    total = [p + sum(s[b] for s in STEP_LENS) for b, p in enumerate(PROMPT_LENS)]
-    sequences = [torch.randint(config.vocab_size, (n,), generator=gen).tolist() for n in total]
-    ours = _run_steps(model, sequences)
-    ref = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    for seq, got in zip(sequences, ours):
-        with torch.no_grad():
-            want = ref(torch.tensor([seq])).logits[0]
-        assert (got - want).abs().max().item() < 1e-4
+    assert_logits_match(model, config, hf_dir)
 
 
 NUM_TOKENS = 32
