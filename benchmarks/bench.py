@@ -8,6 +8,7 @@ Prints one JSON line per workload and a table last; appends the results to bench
 from __future__ import annotations
 
 import argparse
+import ast
 import gc
 import json
 import os
@@ -32,6 +33,13 @@ SHAPES = {
                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
                       max_position_embeddings=8192),
 }
+
+
+ENGINE_ARGS = {}       # extra engine arguments for every engine the workloads build (--engine-arg)
+
+
+def make_llm(**kwargs) -> LLM:
+    return LLM(**kwargs, **ENGINE_ARGS)
 
 
 def shape_dir(name: str) -> str:
@@ -121,7 +129,7 @@ def hf_model_from_shape(name):
 # ---- workloads ------------------------------------------------------------------------------------
 def gpu_smol_throughput(q, ctx):
     n = 256 if q else 1024
-    llm = LLM(model=shape_dir("smollm2-135m"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+    llm = make_llm(model=shape_dir("smollm2-135m"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
               max_num_seqs=256, max_model_len=512, max_num_batched_tokens=8192)
     run_engine(llm, random_prompts(8, 128, 49152), 8)                         # warm-up
     r = run_engine(llm, random_prompts(n, 128, 49152, seed=1), 128)
@@ -134,7 +142,7 @@ def gpu_smol_throughput(q, ctx):
 
 def batch1_decode(model_dir: str, quantization: str | None = None) -> dict:
     """Batch-1 decode of 256 tokens after a 128-token prompt: ms per output token (TTFT excluded)."""
-    llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+    llm = make_llm(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
               max_num_seqs=1, max_model_len=1024, quantization=quantization)
     run_engine(llm, random_prompts(1, 128, 1000), 256)           # warm-up of the same shape
     r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
@@ -179,7 +187,7 @@ def gpu_quant(q, ctx):
 
 def gpu_8b_throughput(q, ctx):
     n = 200 if q else 1000
-    llm = LLM(model=shape_dir("llama3-8b"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+    llm = make_llm(model=shape_dir("llama3-8b"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
               max_num_seqs=256, max_model_len=1536, max_num_batched_tokens=8192)
     run_engine(llm, random_prompts(4, 128, 128256), 4)
     r = run_engine(llm, random_prompts(n, list(range(256, 1025)), 128256, seed=0), 256)
@@ -197,7 +205,7 @@ def prefix_workload(model: str, n: int, prefix_len: int, unique_len: int, out_le
     prompts = [prefix + [rng.randrange(10, 49000) for _ in range(unique_len)] for _ in range(n)]
     res = {}
     for caching in (True, False):
-        llm = LLM(model=model, enable_prefix_caching=caching, **engine_args)
+        llm = make_llm(model=model, enable_prefix_caching=caching, **engine_args)
         run_engine(llm, prompts[:4], 4)
         r = run_engine(llm, prompts, out_len)
         res["caching_on" if caching else "caching_off"] = dict(total_tok_s=r["total_tok_s"],
@@ -233,7 +241,7 @@ def cpu_real(q, ctx):
     # float32 is the default on the CPU (exact against transformers); bfloat16 halves the bytes each
     # step reads from RAM, which bounds decoding here, where the CPU has bf16 instructions
     for dtype in ("float32", "bfloat16"):
-        llm = LLM(model=gguf, max_num_seqs=32, max_model_len=1024, enable_prefix_caching=False, dtype=dtype)
+        llm = make_llm(model=gguf, max_num_seqs=32, max_model_len=1024, enable_prefix_caching=False, dtype=dtype)
         llm.chat(convs[:1], SamplingParams(max_tokens=4), use_tqdm=False)
         outs, secs = timed(lambda: llm.chat(convs, params, use_tqdm=False))
         outs1, secs1 = timed(lambda: llm.chat(convs[:1], params, use_tqdm=False))
@@ -271,13 +279,13 @@ def gpu_moe(q, ctx):
     expert_bytes = 3 * config.hidden_size * config.moe_intermediate_size * 2
     active_bytes = total_bytes - moe_layers * (config.moe_num_experts - config.moe_k) * expert_bytes
     n, out_len = (256, 128) if q else (512, 256)
-    llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=256,
+    llm = make_llm(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=256,
               max_model_len=1024, max_num_batched_tokens=8192)
     run_engine(llm, random_prompts(4, 128, 103424), 4)
     r = run_engine(llm, random_prompts(n, 512, 103424, seed=1), out_len)
     del llm
     release()
-    llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=1,
+    llm = make_llm(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=1,
               max_model_len=1024)
     run_engine(llm, random_prompts(1, 128, 1000), 8)
     steps = 64 if q else 256
@@ -302,10 +310,15 @@ def main():
     ap.add_argument("--workloads", default="cpu-real", help="comma list, or 'gpu' for all GPU workloads")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra engine argument for every engine (a Python literal), e.g. async_scheduling=False")
     args = ap.parse_args()
+    for kv in args.engine_arg:
+        key, value = kv.split("=", 1)
+        ENGINE_ARGS[key] = ast.literal_eval(value)
     names = [w for w in WORKLOADS if w.startswith("gpu")] if args.workloads == "gpu" else args.workloads.split(",")
     ctx = {}
-    env = dict(torch=torch.__version__, host=platform.node(), quick=args.quick,
+    env = dict(torch=torch.__version__, host=platform.node(), quick=args.quick, engine_args=ENGINE_ARGS,
                commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True, cwd=os.path.dirname(__file__)).stdout.strip())
     if torch.cuda.is_available():

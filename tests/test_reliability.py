@@ -519,7 +519,7 @@ SEEDED = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=12, ig
 def test_seed_repeats_whatever_shares_the_batch(tiny_path, one_thread):
     prompt = [5, 6, 7, 8]
     # a small cache: the larger batches also preempt and recompute
-    llm = tiny_llm(tiny_path, max_num_seqs=8, num_gpu_blocks_override=6, kv_cache_ratio=1.0)
+    llm = tiny_llm(tiny_path, max_num_seqs=8, num_gpu_blocks_override=5, kv_cache_ratio=1.0)
     alone = llm.generate([prompt], SEEDED, use_tqdm=False)[0].outputs.token_ids
     assert llm.generate([prompt], SEEDED, use_tqdm=False)[0].outputs.token_ids == alone
     rng = random.Random(0)

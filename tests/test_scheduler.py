@@ -214,3 +214,44 @@ def test_persistent_block_tables_write_only_what_changed():
     d = make_req("d", range(3))
     d.block_table = [4]
     assert mirror.rows_for([d]).tolist() == [1]  # b's row is reused
+
+
+# ---- async scheduling: tokens still on the device ----------------------------------------------
+def test_inflight_token_is_scheduled_before_it_is_known():
+    """Step 1 prefills 3 tokens and samples; before that token reaches the host, step 2 schedules it
+    (1 new token, sampling again). Its block is keyed only once the token is known."""
+    bm = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=16)
+    r = make_req(0, [1, 2, 3], max_tokens=3)
+    sched.add(r)
+    out1 = sched.schedule()
+    assert plan(out1) == [("0", 3)] and out1.scheduled[0].samples
+    sched.update_after_step(out1.scheduled)
+    r.num_inflight = 1                          # token 4 is on the device
+    out2 = sched.schedule()
+    assert plan(out2) == [("0", 1)] and out2.scheduled[0].samples
+    sched.update_after_step(out2.scheduled)
+    assert r.num_computed_tokens == 4 and r.block_hashes == []     # block 0 ends with the unknown token
+    r.num_inflight = 2                          # step 2 queued too
+    r.output_token_ids.append(9)                # step 1's token arrives
+    r.num_inflight = 1
+    bm.cache_full_blocks(r)
+    assert r.block_hashes == [hash_block(None, [1, 2, 3, 9])]
+
+
+def test_request_whose_last_token_is_inflight_is_not_scheduled():
+    bm = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=False)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=16)
+    done, more = make_req(0, [1, 2], max_tokens=2), make_req(1, [1, 2], max_tokens=3)
+    for r in (done, more):
+        sched.add(r)
+    sched.update_after_step(sched.schedule().scheduled)       # step 1: prefill; first tokens on the device
+    for r in (done, more):
+        r.num_inflight = 1
+    out2 = sched.schedule()                                    # step 2 feeds them back
+    assert plan(out2) == [("0", 1), ("1", 1)]
+    sched.update_after_step(out2.scheduled)
+    for r in (done, more):
+        r.output_token_ids.append(5)                           # step 1's tokens arrive; step 2's are out
+    # `done`: 1 known + 1 on the device = its max_tokens 2, nothing left to schedule; `more` goes on
+    assert plan(sched.schedule()) == [("1", 1)]

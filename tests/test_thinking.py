@@ -1,5 +1,7 @@
 """Thinking models end to end: ERNIE's tokenizer and template through `LLM.chat`, and the reasoning
 split of an output forced (by a test-side logits processor) to contain a thinking block."""
+import itertools
+
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -38,9 +40,10 @@ def llm(ernie_model):
 
 
 def force_output(llm, token_ids):
-    """Makes the model emit `token_ids`, then eos: logits are replaced step by step (batch of one)."""
+    """Makes the model emit `token_ids`, then eos: logits are replaced step by step (batch of one). Eos
+    repeats: with async scheduling the step after the eos is already queued when the eos arrives."""
     model = llm.llm_engine.runner.model
-    script = iter(list(token_ids) + [min(llm.llm_engine.eos_token_ids)])
+    script = itertools.chain(token_ids, itertools.repeat(min(llm.llm_engine.eos_token_ids)))
 
     def compute_logits(hidden):
         logits = torch.full((hidden.shape[0], llm.llm_engine.hf_config.vocab_size), -30.0)

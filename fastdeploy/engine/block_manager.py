@@ -70,10 +70,11 @@ class BlockManager:
         return hash_block(parent, req.tokens(i * bs, (i + 1) * bs), req.extra_keys)
 
     def cache_full_blocks(self, req: Request) -> None:
-        """Registers the blocks that req's computed tokens have filled since the last call."""
+        """Registers the blocks that req's computed tokens have filled since the last call. A block whose
+        last token is still on the device (async scheduling) waits: its key needs that token's value."""
         if not self.enable_prefix_caching:
             return
-        num_full = req.num_computed_tokens // self.block_size
+        num_full = min(req.num_computed_tokens, req.num_tokens) // self.block_size
         for i in range(len(req.block_hashes), num_full):
             parent = req.block_hashes[i - 1] if i else None
             key = self._block_key(req, i, parent)

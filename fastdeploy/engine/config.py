@@ -39,6 +39,8 @@ class EngineArgs:
     load_format: str = "auto"
     num_gpu_blocks_override: int | None = None    # fixes the KV cache size instead of profiling
     enforce_eager: bool = False                   # True: no CUDA graphs
+    # prepare step N+1 on the host while the device runs step N (tensor_parallel_size 1, text models)
+    async_scheduling: bool = True
     skip_tokenizer_init: bool = False             # token ids in and out only (e.g. dummy-weight benchmarks)
     # accepted for compatibility with FastDeploy's serving arguments; unused offline
     port: int | None = None
@@ -88,7 +90,7 @@ class EngineArgs:
             raise ValueError(f"limit_mm_per_prompt must be a dict such as {{'image': 4}}, "
                              f"got {type(self.limit_mm_per_prompt).__name__}")
         for flag in ("enable_prefix_caching", "enable_chunked_prefill", "enable_mm", "enable_logprob",
-                     "enforce_eager", "skip_tokenizer_init"):
+                     "enforce_eager", "async_scheduling", "skip_tokenizer_init"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
 

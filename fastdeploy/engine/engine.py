@@ -16,7 +16,7 @@ from fastdeploy.engine.config import SUPPORTED_DTYPES, EngineArgs
 from fastdeploy.engine.output_processor import OutputProcessor
 from fastdeploy.engine.request import Request
 from fastdeploy.engine.sampling_params import MAX_SEED, SamplingParams
-from fastdeploy.engine.scheduler import Scheduler
+from fastdeploy.engine.scheduler import ScheduledRequest, Scheduler
 from fastdeploy.input.multimodal import MultimodalProcessor
 from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
 from fastdeploy.model_executor.loader import load_config
@@ -24,7 +24,7 @@ from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.reasoning import ReasoningParserManager
 from fastdeploy.utils.logger import get_logger
 from fastdeploy.utils.model_resolver import resolve_model
-from fastdeploy.worker.model_runner import ModelRunner
+from fastdeploy.worker.model_runner import LaunchedStep, ModelRunner, StepOutput
 from fastdeploy.worker.worker_process import TensorParallelExecutor
 
 
@@ -64,6 +64,12 @@ class LLMEngine:
                                    prefill_block_limit=max(1, int(self.runner.num_blocks * args.kv_cache_ratio)))
         self.output_processor = OutputProcessor(self.tokenizer, args.max_model_len, reasoning_cls)
         self._ids = itertools.count()
+        # Async scheduling: each step is queued on the device and the previous one's tokens are processed
+        # while it runs; the requests it samples for are scheduled on as if their tokens were known (the
+        # device feeds them back). A request that turns out finished costs one wasted row.
+        self.async_scheduling = (args.async_scheduling and args.tensor_parallel_size == 1
+                                 and self.mm_processor is None)
+        self._pending: tuple[LaunchedStep, list[ScheduledRequest]] | None = None
 
     def _multimodal_processor(self) -> MultimodalProcessor | None:
         multimodal = self.hf_config.architectures[0] in MULTIMODAL_ARCHITECTURES
@@ -155,12 +161,14 @@ class LLMEngine:
             self.output_processor.add_request(req)
             self.scheduler.add(req)
         try:
-            while self.scheduler.has_unfinished():
+            while self.scheduler.has_unfinished() or self._pending is not None:
                 for req in self.step():
                     if on_finish is not None:
                         on_finish(req)
         except BaseException:
+            self._pending = None
             for req in requests:
+                req.num_inflight = 0
                 if not req.is_finished:
                     self.scheduler.finish(req)
                     self.runner.block_tables.release(req)
@@ -168,12 +176,19 @@ class LLMEngine:
             raise
 
     def step(self) -> list[Request]:
-        """One scheduler step and one forward; returns the requests it finished."""
+        """One scheduler step: queues its forward, then processes the previous step's tokens (with async
+        scheduling) or its own. Returns the requests it finished."""
+        finished = []
+        if self._pending is not None and any(r.num_inflight and r.needs_output_history
+                                             for r in self.scheduler.running):
+            finished += self._complete_pending()      # their sampling reads the tokens in flight
         sched = self.scheduler.schedule()
         if not sched.scheduled:
+            if self._pending is not None:
+                return finished + self._complete_pending()
             if self.scheduler.has_unfinished():
                 raise RuntimeError("the scheduler can make no progress: a request does not fit the KV cache")
-            return []
+            return finished
         now = time.time()
         for s in sched.scheduled:
             m = s.request.metrics
@@ -181,14 +196,42 @@ class LLMEngine:
                 m.inference_start_time = now
                 m.time_in_queue = now - m.arrival_time
         try:
-            out = self.executor.execute(sched.scheduled)
+            if self.async_scheduling:
+                launched = self.runner.launch(sched.scheduled, self._pending and self._pending[0])
+            else:
+                out = self.executor.execute(sched.scheduled)
         except Exception as e:
             raise RuntimeError(f"model step failed: {type(e).__name__}: {e}") from e
         self.scheduler.update_after_step(sched.scheduled)
+        if not self.async_scheduling:
+            return finished + self._process(sched.scheduled, out)
+        for s in sched.scheduled:
+            s.request.num_inflight += s.samples
+        if self._pending is not None:
+            finished += self._complete_pending()
+        self._pending = (launched, sched.scheduled)
+        return finished
+
+    def _complete_pending(self) -> list[Request]:
+        launched, scheduled = self._pending
+        self._pending = None
+        try:
+            out = self.runner.collect(launched)
+        except Exception as e:
+            raise RuntimeError(f"model step failed: {type(e).__name__}: {e}") from e
+        for req in launched.sampling:
+            req.num_inflight -= 1
+        return self._process(scheduled, out)
+
+    def _process(self, scheduled: list[ScheduledRequest], out: StepOutput) -> list[Request]:
+        """Appends a step's sampled tokens and finishes the requests they end. A request that finished
+        after this step was queued (async scheduling) drops its token."""
         finished = []
-        sampled = (s.request for s in sched.scheduled if s.samples)
+        sampled = (s.request for s in scheduled if s.samples)
         now = time.time()
         for i, req in enumerate(sampled):
+            if req.is_finished:
+                continue
             req.metrics.model_forward_time += out.forward_time
             if req.num_output_tokens == 0:
                 req.metrics.first_token_time = now - req.metrics.inference_start_time

@@ -72,6 +72,8 @@ class Request:
     logprobs: list[dict[int, float]] | None = None
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
+    # tokens sampled by steps still on the device (async scheduling): scheduled on, not yet in output_token_ids
+    num_inflight: int = 0
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)   # chained keys of its full blocks, in order
     num_cached_tokens: int = 0
@@ -97,6 +99,19 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def num_tokens_with_inflight(self) -> int:
+        """The tokens the scheduler plans with: the known ones and those still on the device."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_inflight
+
+    @property
+    def needs_output_history(self) -> bool:
+        """Whether sampling this request's next token reads its earlier output tokens' values (penalties,
+        multi-token bad words): then it cannot be scheduled while one of them is still on the device."""
+        p = self.sampling_params
+        return ((p.presence_penalty, p.frequency_penalty, p.repetition_penalty) != (0.0, 0.0, 1.0)
+                or any(len(word) > 1 for word in self.bad_words_token_ids))
 
     def tokens(self, start: int, end: int) -> list[int]:
         n = len(self.prompt_token_ids)

@@ -22,7 +22,7 @@ class ScheduledRequest:
     samples: bool = field(init=False)   # the step reaches the end of the request's tokens: its logits give a token
 
     def __post_init__(self):
-        self.samples = self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+        self.samples = self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens_with_inflight
 
 
 @dataclass
@@ -64,7 +64,9 @@ class Scheduler:
                 break
             if req.status != RequestStatus.RUNNING:     # preempted earlier in this loop
                 continue
-            num_new = req.num_tokens - req.num_computed_tokens
+            if req.num_output_tokens + req.num_inflight >= req.max_tokens:
+                continue        # its last token is on the device: done once that arrives
+            num_new = req.num_tokens_with_inflight - req.num_computed_tokens
             if num_new > budget and not self.enable_chunked_prefill:
                 continue
             num_new = min(num_new, budget)

@@ -61,7 +61,8 @@ class DecodeGraphs:
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
             seq_lens: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-        """Inputs are host tensors of the real rows; returns their logits (a view into the graph's output)."""
+        """Inputs are the real rows' (host tensors, or on the device); returns their logits (a view into
+        the graph's output)."""
         n = input_ids.shape[0]
         size = next(s for s in self.sizes if s >= n)
         self.input_ids[:n].copy_(input_ids, non_blocking=True)

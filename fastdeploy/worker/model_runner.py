@@ -24,7 +24,7 @@ from fastdeploy.model_executor.loader import get_model
 from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.utils.logger import get_logger
 from fastdeploy.worker.cuda_graph import DecodeGraphs
-from fastdeploy.worker.sampler import Sampler, SamplingMetadata
+from fastdeploy.worker.sampler import LogprobsTensors, Sampler, SamplingMetadata
 
 # On the CPU the KV cache takes this share of the RAM that is available after the weights load,
 # leaving the rest to activations, the tokenizer and whatever else runs on the machine; and no more
@@ -44,6 +44,9 @@ class StepInputs:
     seq_lens: list[int]
     sample_rows: list[int]         # index in T of each sampling request's last token
     mm_embeds: MultimodalEmbeds | None = None     # multimodal models: this step's image/video rows
+    # async scheduling: input_ids[dst] = prev_token_ids[src] on the device, for the tokens the previous
+    # step sampled (still on the device; their host copy is a placeholder)
+    inflight: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def is_decode(self) -> bool:
@@ -55,6 +58,20 @@ class StepOutput:
     token_ids: list[int]                          # one per sampling request, in scheduled order
     logprobs: list[dict[int, float]] | None       # idem, when any request asked for logprobs
     forward_time: float
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose forward and sampling are queued on the device. Its sampled ids stay there for the
+    next step's inputs (`rows`: request id -> row of `token_ids`) while a copy travels to the host;
+    `ModelRunner.collect` waits for that copy alone, not for steps queued after this one."""
+    sampling: list[Request]                       # the requests that sample, in row order
+    launch_time: float = 0.0                      # host seconds spent queueing it (on a CPU: running it)
+    token_ids: torch.Tensor | None = None         # [S] on the model's device; None: no row samples
+    rows: dict[str, int] | None = None
+    host_token_ids: torch.Tensor | None = None    # pinned, filled once `ready` has passed
+    ready: torch.cuda.Event | None = None
+    logprobs: LogprobsTensors | None = None
 
 
 class ModelRunner:
@@ -165,26 +182,33 @@ class ModelRunner:
             slot_mapping = torch.cat([
                 block_tables[b, torch.arange(n, device=self.device) // self.block_size].long() * self.block_size
                 + torch.arange(n, device=self.device) % self.block_size for b, n in enumerate(query_lens)])
+        to_device = partial(_to_device, device=self.device)
         return AttentionMetadata(
             slot_mapping=slot_mapping,
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device),
+            query_start_loc=to_device(starts, torch.int32),
+            seq_lens=to_device(seq_lens, torch.int32),
             block_tables=block_tables,
             max_query_len=max(query_lens), max_seq_len=max(seq_lens),
             query_lens_cpu=query_lens, seq_lens_cpu=seq_lens)
 
-    def _prepare(self, scheduled: list[ScheduledRequest]) -> StepInputs:
-        """The step's flat batch as host tensors (one copy each to the device later)."""
+    def _prepare(self, scheduled: list[ScheduledRequest], prev: LaunchedStep | None = None) -> StepInputs:
+        """The step's flat batch as host tensors (one copy each to the device later). A request whose
+        last token `prev` sampled gets a placeholder, filled on the device from `prev.token_ids`."""
         bs = self.block_size
         query_lens = [s.num_new_tokens for s in scheduled]
         rows = self.block_tables.rows_for([s.request for s in scheduled])
         tables = self.block_tables.table[rows, :max(len(s.request.block_table) for s in scheduled)]
         input_ids, positions, slots, seq_lens, sample_rows = [], [], [], [], []
+        fill_dst, fill_src = [], []
         for s in scheduled:
             req, start = s.request, s.request.num_computed_tokens
             end = start + s.num_new_tokens
             table = req.block_table
             input_ids += req.tokens(start, end)
+            if len(input_ids) < len(positions) + end - start:     # the last token is still on the device
+                fill_dst.append(len(input_ids))
+                fill_src.append(prev.rows[req.request_id])
+                input_ids.append(0)
             positions += range(start, end)
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             seq_lens.append(end)
@@ -193,6 +217,8 @@ class ModelRunner:
         as_tensor = partial(torch.tensor, dtype=torch.long)
         x = StepInputs(as_tensor(input_ids), as_tensor(positions), as_tensor(slots), torch.from_numpy(tables),
                        query_lens, seq_lens, sample_rows)
+        if fill_dst:
+            x.inflight = (as_tensor(fill_dst), as_tensor(fill_src), prev.token_ids)
         if self.multimodal:
             self._add_multimodal(x, scheduled)
         return x
@@ -213,33 +239,62 @@ class ModelRunner:
         x.positions = torch.cat(positions, dim=1)
         x.mm_embeds = MultimodalEmbeds.for_step(parts, self.device)
 
-    @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> StepOutput:
-        t0 = time.perf_counter()
-        x = self._prepare(scheduled)
+        return self.collect(self.launch(scheduled))
+
+    @torch.inference_mode()
+    def launch(self, scheduled: list[ScheduledRequest], prev: LaunchedStep | None = None) -> LaunchedStep:
+        """Queues the step's forward and sampling on the device without waiting for it. `prev`, the step
+        queued before, provides the tokens it sampled that this step feeds back."""
+        start = time.perf_counter()
+        step = LaunchedStep([s.request for s in scheduled if s.samples])
+        x = self._prepare(scheduled, prev)
         if self.send_inputs is not None:
             self.send_inputs(x)
         logits = self.forward(x)
-        if logits is None:
-            return StepOutput([], None, time.perf_counter() - t0)
-        sampling = [s.request for s in scheduled if s.samples]
-        out = self.sampler(logits[:, :self.vocab_size], self._sampling_metadata(sampling))
-        token_ids = out.token_ids.tolist()
-        logprobs = None if out.logprobs is None else _logprobs_as_dicts(out.logprobs, token_ids, sampling)
-        return StepOutput(token_ids, logprobs, time.perf_counter() - t0)
+        if logits is not None:
+            self._sample(step, logits)
+        step.launch_time = time.perf_counter() - start
+        return step
+
+    def _sample(self, step: LaunchedStep, logits: torch.Tensor) -> None:
+        """Queues sampling, and the copy of the sampled ids to pinned host memory, marked by an event."""
+        out = self.sampler(logits[:, :self.vocab_size], self._sampling_metadata(step.sampling))
+        step.token_ids, step.logprobs = out.token_ids, out.logprobs
+        step.rows = {req.request_id: i for i, req in enumerate(step.sampling)}
+        if out.token_ids.is_cuda:
+            step.host_token_ids = torch.empty(out.token_ids.shape, dtype=out.token_ids.dtype, pin_memory=True)
+            step.host_token_ids.copy_(out.token_ids, non_blocking=True)
+            step.ready = torch.cuda.Event()
+            step.ready.record()
+        else:
+            step.host_token_ids = out.token_ids
+
+    def collect(self, step: LaunchedStep) -> StepOutput:
+        """Waits for the step's sampled tokens and returns them (with their logprobs) on the host. The
+        forward time is the step's queueing plus this wait: the host time the step itself took."""
+        start = time.perf_counter()
+        if step.token_ids is None:
+            return StepOutput([], None, step.launch_time)
+        if step.ready is not None:
+            step.ready.synchronize()
+        token_ids = step.host_token_ids.tolist()
+        logprobs = None if step.logprobs is None else _logprobs_as_dicts(step.logprobs, token_ids, step.sampling)
+        return StepOutput(token_ids, logprobs, step.launch_time + time.perf_counter() - start)
 
     @torch.inference_mode()
     def forward(self, x: StepInputs) -> torch.Tensor | None:
         """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
-        if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
-            return self.graphs.run(x.input_ids, x.positions, x.slot_mapping,
-                                   torch.tensor(x.seq_lens, dtype=torch.int32), x.block_tables)
         dev = self.device
+        input_ids = x.input_ids.to(dev, non_blocking=True)
+        fill_inflight(input_ids, x.inflight)
+        if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
+            return self.graphs.run(input_ids, x.positions, x.slot_mapping,
+                                   torch.tensor(x.seq_lens, dtype=torch.int32), x.block_tables)
         md = self._attention_metadata(x.query_lens, x.seq_lens, x.block_tables.to(dev, non_blocking=True),
                                       x.slot_mapping.to(dev, non_blocking=True))
         extra = {} if x.mm_embeds is None else {"mm_embeds": x.mm_embeds}
-        hidden = self.model(x.input_ids.to(dev, non_blocking=True), x.positions.to(dev, non_blocking=True), md,
-                            **extra)
+        hidden = self.model(input_ids, x.positions.to(dev, non_blocking=True), md, **extra)
         if not x.sample_rows:
             return None
         rows = torch.tensor(x.sample_rows, dtype=torch.long).to(dev, non_blocking=True)
@@ -247,12 +302,12 @@ class ModelRunner:
 
     def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
         # eos and stop ids are banned until min_tokens are out
-        bans = [r.min_tokens_ban_ids if r.num_output_tokens < r.sampling_params.min_tokens else []
+        bans = [r.min_tokens_ban_ids if r.num_output_tokens + r.num_inflight < r.sampling_params.min_tokens else []
                 for r in reqs]
         return SamplingMetadata.build(
             [r.sampling_params for r in reqs], [r.prompt_token_ids for r in reqs],
             [r.output_token_ids for r in reqs], bans, [r.bad_words_token_ids for r in reqs],
-            self.vocab_size, self.device)
+            self.vocab_size, self.device, num_inflight=[r.num_inflight for r in reqs])
 
 
 class PersistentBlockTables:
@@ -306,6 +361,19 @@ def _logprobs_as_dicts(lp, token_ids: list[int], reqs: list[Request]) -> list[di
             row.setdefault(t, v)
         out.append(row)
     return out
+
+
+def fill_inflight(input_ids: torch.Tensor, inflight: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+    """Writes the previous step's sampled tokens (on the device) into their slots of `input_ids`."""
+    if inflight is not None:
+        dst, src, prev_token_ids = inflight
+        dev = input_ids.device
+        input_ids.index_copy_(0, dst.to(dev, non_blocking=True), prev_token_ids[src.to(dev, non_blocking=True)])
+
+
+def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list on the device, without waiting for the work queued there (as torch.tensor(device=) does)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def _available_ram() -> int:

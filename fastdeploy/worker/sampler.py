@@ -61,12 +61,14 @@ class SamplingMetadata:
     def build(cls, params: list[SamplingParams], prompt_token_ids: list[list[int]],
               output_token_ids: list[list[int]], ban_token_ids: list[list[int]],
               bad_words_token_ids: list[list[list[int]]], vocab_size: int,
-              device: torch.device | str) -> SamplingMetadata:
+              device: torch.device | str, num_inflight: list[int] | None = None) -> SamplingMetadata:
         """Gathers the batch's state into tensors. `params` must be `resolved()`.
 
         `ban_token_ids[b]` (eos and stop ids) is banned while row b's output is shorter than
         its min_tokens. Each `bad_words_token_ids[b]` entry is a token sequence: its last token
         is banned when the output ends with the rest (always, for a single token).
+        `num_inflight[b]` output tokens of row b are sampled but not in `output_token_ids` yet (async
+        scheduling): they count towards the output length; their values are not needed.
         """
         rows = len(params)
         if not rows:
@@ -78,9 +80,11 @@ class SamplingMetadata:
         greedy = [r.greedy for r in per_row]
         apply_penalties = any(r.penalized for r in per_row)
         apply_filters = any(r.filtered for r in per_row)
-        banned = [_banned_tokens(p, out, bans, bad_words) if bans or bad_words else []
-                  for p, out, bans, bad_words in zip(params, output_token_ids, ban_token_ids,
-                                                      bad_words_token_ids)]
+        num_inflight = num_inflight or [0] * rows
+        num_output = [len(out) + k for out, k in zip(output_token_ids, num_inflight)]
+        banned = [_banned_tokens(p, out, n, bans, bad_words) if bans or bad_words else []
+                  for p, out, n, bans, bad_words in zip(params, output_token_ids, num_output, ban_token_ids,
+                                                         bad_words_token_ids)]
         requested = [p.logprobs for p in params if p.logprobs is not None]
         if not requested:
             max_num_logprobs = None
@@ -88,10 +92,10 @@ class SamplingMetadata:
             max_num_logprobs = vocab_size if -1 in requested else min(max(requested), vocab_size)
 
         # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
-        # must not grow by a copy per field.
-        floats = torch.tensor([r.floats for r in per_row], dtype=torch.float32).to(device)
-        ints = torch.tensor([[r.top_k, r.seed, len(out)] for r, out in zip(per_row, output_token_ids)],
-                            dtype=torch.int64).to(device)
+        # must not grow by a copy per field. Copies do not wait for the device (async scheduling).
+        floats = torch.tensor([r.floats for r in per_row], dtype=torch.float32).to(device, non_blocking=True)
+        ints = torch.tensor([[r.top_k, r.seed, n] for r, n in zip(per_row, num_output)],
+                            dtype=torch.int64).to(device, non_blocking=True)
         # Penalties need the token history; without them it is not worth the copy to the device.
         no_history = [[] for _ in params]
         return cls(
@@ -139,9 +143,9 @@ def _row(params: SamplingParams, vocab_size: int) -> _Row:
     return row
 
 
-def _banned_tokens(params: SamplingParams, output: list[int], ban_ids: list[int],
+def _banned_tokens(params: SamplingParams, output: list[int], num_output: int, ban_ids: list[int],
                    bad_words: list[list[int]]) -> list[int]:
-    banned = list(ban_ids) if len(output) < params.min_tokens else []
+    banned = list(ban_ids) if num_output < params.min_tokens else []
     for word in bad_words:
         if not word:
             raise ValueError("bad_words_token_ids: empty token sequence")
@@ -159,7 +163,7 @@ def _padded(name: str, rows: list[list[int]], vocab_size: int, device) -> torch.
     flat = torch.cat(tensors)
     if flat.numel() and (flat.min() < 0 or flat.max() >= vocab_size):
         raise ValueError(f"{name}: token ids must be in [0, {vocab_size})")
-    return pad_sequence(tensors, batch_first=True, padding_value=vocab_size).to(device)
+    return pad_sequence(tensors, batch_first=True, padding_value=vocab_size).to(device, non_blocking=True)
 
 
 @dataclass
