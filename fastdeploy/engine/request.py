@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -105,7 +106,7 @@ class Request:
         """The tokens the scheduler plans with: the known ones and those still on the device."""
         return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_inflight
 
-    @property
+    @functools.cached_property
     def needs_output_history(self) -> bool:
         """Whether sampling this request's next token reads its earlier output tokens' values (penalties,
         multi-token bad words): then it cannot be scheduled while one of them is still on the device."""

@@ -193,32 +193,33 @@ class ModelRunner:
 
     def _prepare(self, scheduled: list[ScheduledRequest], prev: LaunchedStep | None = None) -> StepInputs:
         """The step's flat batch as host tensors (one copy each to the device later). A request whose
-        last token `prev` sampled gets a placeholder, filled on the device from `prev.token_ids`."""
+        last token `prev` sampled gets a placeholder, filled on the device from `prev.token_ids`.
+        Positions and slots are computed by numpy over the whole batch: a decode step of hundreds of
+        requests must not cost Python work per token."""
         bs = self.block_size
+        reqs = [s.request for s in scheduled]
+        rows = self.block_tables.rows_for(reqs)
+        tables = self.block_tables.table[rows, :max(len(r.block_table) for r in reqs)]
         query_lens = [s.num_new_tokens for s in scheduled]
-        rows = self.block_tables.rows_for([s.request for s in scheduled])
-        tables = self.block_tables.table[rows, :max(len(s.request.block_table) for s in scheduled)]
-        input_ids, positions, slots, seq_lens, sample_rows = [], [], [], [], []
-        fill_dst, fill_src = [], []
-        for s in scheduled:
-            req, start = s.request, s.request.num_computed_tokens
-            end = start + s.num_new_tokens
-            table = req.block_table
-            input_ids += req.tokens(start, end)
-            if len(input_ids) < len(positions) + end - start:     # the last token is still on the device
+        starts = [r.num_computed_tokens for r in reqs]
+        input_ids, fill_dst, fill_src = [], [], []
+        for req, start, n in zip(reqs, starts, query_lens):
+            input_ids += req.tokens(start, start + n)
+            if req.num_inflight and start + n > req.num_tokens:     # its last token is still on the device
                 fill_dst.append(len(input_ids))
                 fill_src.append(prev.rows[req.request_id])
                 input_ids.append(0)
-            positions += range(start, end)
-            slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
-            seq_lens.append(end)
-            if s.samples:
-                sample_rows.append(len(input_ids) - 1)
-        as_tensor = partial(torch.tensor, dtype=torch.long)
-        x = StepInputs(as_tensor(input_ids), as_tensor(positions), as_tensor(slots), torch.from_numpy(tables),
-                       query_lens, seq_lens, sample_rows)
+        q = np.asarray(query_lens)
+        ends = np.cumsum(q)
+        token_row = np.repeat(np.arange(len(q)), q)
+        positions = np.repeat(np.asarray(starts) - (ends - q), q) + np.arange(ends[-1])
+        slots = tables[token_row, positions // bs].astype(np.int64) * bs + positions % bs
+        seq_lens = (np.asarray(starts) + q).tolist()
+        sample_rows = [int(e) - 1 for e, s in zip(ends, scheduled) if s.samples]
+        x = StepInputs(torch.tensor(input_ids, dtype=torch.long), torch.from_numpy(positions),
+                       torch.from_numpy(slots), torch.from_numpy(tables), query_lens, seq_lens, sample_rows)
         if fill_dst:
-            x.inflight = (as_tensor(fill_dst), as_tensor(fill_src), prev.token_ids)
+            x.inflight = (torch.tensor(fill_dst), torch.tensor(fill_src), prev.token_ids)
         if self.multimodal:
             self._add_multimodal(x, scheduled)
         return x

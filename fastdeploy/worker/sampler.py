@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -93,9 +94,10 @@ class SamplingMetadata:
 
         # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
         # must not grow by a copy per field. Copies do not wait for the device (async scheduling).
-        floats = torch.tensor([r.floats for r in per_row], dtype=torch.float32).to(device, non_blocking=True)
-        ints = torch.tensor([[r.top_k, r.seed, n] for r, n in zip(per_row, num_output)],
-                            dtype=torch.int64).to(device, non_blocking=True)
+        # (numpy builds them from nested lists several times faster than torch.tensor)
+        floats = torch.from_numpy(np.array([r.floats for r in per_row], dtype=np.float32))
+        ints = torch.from_numpy(np.array([(r.top_k, r.seed, n) for r, n in zip(per_row, num_output)], dtype=np.int64))
+        floats, ints = floats.to(device, non_blocking=True), ints.to(device, non_blocking=True)
         # Penalties need the token history; without them it is not worth the copy to the device.
         no_history = [[] for _ in params]
         return cls(
