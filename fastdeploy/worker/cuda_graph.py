@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from fastdeploy.model_executor.layers.attention import AttentionMetadata
+from fastdeploy.utils.tensors import pinned
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -65,11 +66,11 @@ class DecodeGraphs:
         the graph's output)."""
         n = input_ids.shape[0]
         size = next(s for s in self.sizes if s >= n)
-        self.input_ids[:n].copy_(input_ids, non_blocking=True)
-        self.positions[:n].copy_(positions, non_blocking=True)
-        self.slot_mapping[:n].copy_(slot_mapping, non_blocking=True)
-        self.seq_lens[:n].copy_(seq_lens, non_blocking=True)
-        self.block_tables[:n, :block_tables.shape[1]].copy_(block_tables, non_blocking=True)
+        self.input_ids[:n].copy_(pinned(input_ids), non_blocking=True)
+        self.positions[:n].copy_(pinned(positions), non_blocking=True)
+        self.slot_mapping[:n].copy_(pinned(slot_mapping), non_blocking=True)
+        self.seq_lens[:n].copy_(pinned(seq_lens), non_blocking=True)
+        self.block_tables[:n, :block_tables.shape[1]].copy_(pinned(block_tables), non_blocking=True)
         if size > n:                            # padding rows: no KV write, empty context
             self.slot_mapping[n:size].fill_(-1)
             self.seq_lens[n:size].zero_()

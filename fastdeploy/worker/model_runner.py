@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from fastdeploy.input.multimodal import MultimodalEmbeds
 from fastdeploy.model_executor.loader import get_model
 from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.utils.logger import get_logger
+from fastdeploy.utils.tensors import to_device
 from fastdeploy.worker.cuda_graph import DecodeGraphs
 from fastdeploy.worker.sampler import LogprobsTensors, Sampler, SamplingMetadata
 
@@ -182,11 +182,10 @@ class ModelRunner:
             slot_mapping = torch.cat([
                 block_tables[b, torch.arange(n, device=self.device) // self.block_size].long() * self.block_size
                 + torch.arange(n, device=self.device) % self.block_size for b, n in enumerate(query_lens)])
-        to_device = partial(_to_device, device=self.device)
         return AttentionMetadata(
             slot_mapping=slot_mapping,
-            query_start_loc=to_device(starts, torch.int32),
-            seq_lens=to_device(seq_lens, torch.int32),
+            query_start_loc=to_device(torch.tensor(starts, dtype=torch.int32), self.device),
+            seq_lens=to_device(torch.tensor(seq_lens, dtype=torch.int32), self.device),
             block_tables=block_tables,
             max_query_len=max(query_lens), max_seq_len=max(seq_lens),
             query_lens_cpu=query_lens, seq_lens_cpu=seq_lens)
@@ -287,18 +286,18 @@ class ModelRunner:
     def forward(self, x: StepInputs) -> torch.Tensor | None:
         """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
         dev = self.device
-        input_ids = x.input_ids.to(dev, non_blocking=True)
+        input_ids = to_device(x.input_ids, dev)
         fill_inflight(input_ids, x.inflight)
         if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
             return self.graphs.run(input_ids, x.positions, x.slot_mapping,
                                    torch.tensor(x.seq_lens, dtype=torch.int32), x.block_tables)
-        md = self._attention_metadata(x.query_lens, x.seq_lens, x.block_tables.to(dev, non_blocking=True),
-                                      x.slot_mapping.to(dev, non_blocking=True))
+        md = self._attention_metadata(x.query_lens, x.seq_lens, to_device(x.block_tables, dev),
+                                      to_device(x.slot_mapping, dev))
         extra = {} if x.mm_embeds is None else {"mm_embeds": x.mm_embeds}
-        hidden = self.model(input_ids, x.positions.to(dev, non_blocking=True), md, **extra)
+        hidden = self.model(input_ids, to_device(x.positions, dev), md, **extra)
         if not x.sample_rows:
             return None
-        rows = torch.tensor(x.sample_rows, dtype=torch.long).to(dev, non_blocking=True)
+        rows = to_device(torch.tensor(x.sample_rows, dtype=torch.long), dev)
         return self.model.compute_logits(hidden[rows])
 
     def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
@@ -369,12 +368,7 @@ def fill_inflight(input_ids: torch.Tensor, inflight: tuple[torch.Tensor, torch.T
     if inflight is not None:
         dst, src, prev_token_ids = inflight
         dev = input_ids.device
-        input_ids.index_copy_(0, dst.to(dev, non_blocking=True), prev_token_ids[src.to(dev, non_blocking=True)])
-
-
-def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list on the device, without waiting for the work queued there (as torch.tensor(device=) does)."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+        input_ids.index_copy_(0, to_device(dst, dev), prev_token_ids[to_device(src, dev)])
 
 
 def _available_ram() -> int:

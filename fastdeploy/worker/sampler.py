@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from fastdeploy.engine.sampling_params import NEUTRAL_DEFAULTS, SamplingParams
+from fastdeploy.utils.tensors import to_device
 
 # Temperatures below this are greedy (dividing by them overflows float32), as in vLLM.
 GREEDY_TEMPERATURE = 1e-5
@@ -93,11 +94,11 @@ class SamplingMetadata:
             max_num_logprobs = vocab_size if -1 in requested else min(max(requested), vocab_size)
 
         # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
-        # must not grow by a copy per field. Copies do not wait for the device (async scheduling).
+        # must not grow by a copy per field.
         # (numpy builds them from nested lists several times faster than torch.tensor)
         floats = torch.from_numpy(np.array([r.floats for r in per_row], dtype=np.float32))
         ints = torch.from_numpy(np.array([(r.top_k, r.seed, n) for r, n in zip(per_row, num_output)], dtype=np.int64))
-        floats, ints = floats.to(device, non_blocking=True), ints.to(device, non_blocking=True)
+        floats, ints = to_device(floats, device), to_device(ints, device)
         # Penalties need the token history; without them it is not worth the copy to the device.
         no_history = [[] for _ in params]
         return cls(
@@ -165,7 +166,7 @@ def _padded(name: str, rows: list[list[int]], vocab_size: int, device) -> torch.
     flat = torch.cat(tensors)
     if flat.numel() and (flat.min() < 0 or flat.max() >= vocab_size):
         raise ValueError(f"{name}: token ids must be in [0, {vocab_size})")
-    return pad_sequence(tensors, batch_first=True, padding_value=vocab_size).to(device, non_blocking=True)
+    return to_device(pad_sequence(tensors, batch_first=True, padding_value=vocab_size), device)
 
 
 @dataclass
