@@ -11,7 +11,7 @@ the kernel streams. Then, per method, the M=1 time of one decoder layer's linear
 against bf16. Exits non-zero if a check fails.
 
 The reference for the error is the dequantized weight in fp32 times the activations in fp32, not the bf16
-`MATMUL_REF` (which rounds every dequantized weight to bf16): the kernels multiply the exact integers and
+`matmul_ref` (which rounds every dequantized weight to bf16): the kernels multiply the exact integers and
 apply the fp32 (int8) or bf16 (int4) scales to fp32 partial sums, so against a bf16-weight reference the
 error measured is mostly the reference's own rounding, and at K = 14336 over 16M outputs (down, M=4096)
 its maximum reached the 2e-2 threshold. Against fp32 the kernel error is the bf16 rounding of the output.

@@ -62,14 +62,14 @@ def test_zero_rows_quantize_to_zero():
     for bits in BITS:
         q, s = qm.QUANTIZE[bits](torch.zeros(3, 256))
         assert torch.isfinite(s).all()
-        assert (qm.MATMUL_REF[bits](torch.randn(2, 256), q, s) == 0).all()
+        assert (qm.matmul_ref(torch.randn(2, 256), q, s, bits) == 0).all()
 
 
 def test_refs_equal_float_matmul_on_dequantized_weights():
     x, w = torch.randn(5, 200), torch.randn(33, 200)
     for bits, deq in ((8, qm.dequantize_int8), (4, qm.dequantize_int4)):
         q, s = qm.QUANTIZE[bits](w)
-        torch.testing.assert_close(qm.MATMUL_REF[bits](x, q, s), x @ deq(q, s, 200, torch.float32).T)
+        torch.testing.assert_close(qm.matmul_ref(x, q, s, bits), x @ deq(q, s, 200, torch.float32).T)
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -91,7 +91,7 @@ def _kernel_case(bits, m, n, k, dtype, bias, seed):
     b = torch.randn(n, generator=gen).to(dtype) if bias else None
     to = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     got = tq.quant_matmul(to(x), to(q), to(s), bits, to(b)).cpu()
-    want = qm.MATMUL_REF[bits](x.float(), q, s.float() if bits == 4 else s, None if b is None else b.float())
+    want = qm.matmul_ref(x.float(), q, s.float() if bits == 4 else s, bits, None if b is None else b.float())
     # relative to the output scale: the reference rounds the dequantized weight to dtype, the kernel does not
     err = (got.float() - want).abs().max() / (1 + want.abs().max())
     assert got.dtype == dtype and got.shape == (m, n)
@@ -119,7 +119,7 @@ def test_kernel_batched_input_and_empty():
     q, s = qm.quantize_int4(torch.randn(24, 256))
     x = torch.randn(2, 3, 256)
     got = tq.quant_matmul(x.to(DEVICE), q.to(DEVICE), s.to(DEVICE), 4).cpu()
-    torch.testing.assert_close(got, qm.wint4_matmul_ref(x, q, s), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, qm.matmul_ref(x, q, s, 4), atol=1e-4, rtol=1e-4)
     assert tq.quant_matmul(torch.empty(0, 256, device=DEVICE), q.to(DEVICE), s.to(DEVICE), 4).shape == (0, 24)
 
 

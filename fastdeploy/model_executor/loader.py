@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import gguf
@@ -18,8 +18,12 @@ from torch import nn
 from transformers import AutoConfig, Ernie4_5Config, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from fastdeploy.distributed import get_tensor_model_parallel_world_size
+from fastdeploy.model_executor.layers import gguf_quant
+from fastdeploy.model_executor.layers.linear import Linear
 from fastdeploy.model_executor.layers.norm import RMSNorm
 from fastdeploy.model_executor.layers.quantization import quantize_model
+from fastdeploy.model_executor.models.llama import STACKED_PARAMS
 from fastdeploy.model_executor.models.registry import get_model_class
 
 Weights = Iterator[tuple[str, torch.Tensor]]
@@ -63,19 +67,29 @@ def _paddle_ernie_config(raw: dict) -> PretrainedConfig:
 # ----------------------------------------------------------------------------------------------- model
 
 def get_model(model_path: str, config: PretrainedConfig, dtype: torch.dtype, device: torch.device,
-              load_format: str = "auto", quantization: str | None = None) -> nn.Module:
+              load_format: str = "auto", quantization: str | None = None,
+              gguf_keep_quantized: bool | None = None) -> nn.Module:
     """The model for `config`, built on `device` in `dtype`, in eval mode, with its weights read from
     `model_path` ("auto") or random ("dummy": no reading at all, for benchmarks), then its linear
-    layers quantized if `quantization` is "wint8" or "wint4" (layers/quantization.py)."""
+    layers quantized if `quantization` is "wint8" or "wint4" (layers/quantization.py).
+
+    A GGUF file's quantized linear weights stay quantized (layers/gguf_quant.py) when `gguf_keep_quantized`
+    (None: on CUDA, where the kernels run; elsewhere the reference dequantizes at every call) and there is
+    no `quantization` and no tensor parallelism; the rest is dequantized to `dtype`."""
     if load_format not in ("auto", "dummy"):
         raise ValueError(f"unknown load_format {load_format!r}; use 'auto' or 'dummy'")
     cls = get_model_class(config)
+    if gguf_keep_quantized is None:
+        gguf_keep_quantized = torch.device(device).type == "cuda"
+    keep_gguf = (load_format == "auto" and Path(model_path).suffix == ".gguf" and gguf_keep_quantized
+                 and quantization is None and get_tensor_model_parallel_world_size() == 1)
     with _default_dtype(dtype), torch.device(device), torch.no_grad():
         model = cls(config)
         if load_format == "dummy":
             _init_dummy(model)
         else:
-            model.load_weights(iterate_weights(model_path, config))
+            kept = _keep_gguf_quantized(model, Path(model_path)) if keep_gguf else set()
+            model.load_weights(iterate_weights(model_path, config, kept))
         quantize_model(model, quantization)
     return model.eval()
 
@@ -100,11 +114,12 @@ def _init_dummy(model: nn.Module) -> None:
 
 # --------------------------------------------------------------------------------------------- weights
 
-def iterate_weights(model_path: str, config: PretrainedConfig) -> Weights:
-    """(HF name, tensor) pairs of a checkpoint in any supported format, one tensor at a time."""
+def iterate_weights(model_path: str, config: PretrainedConfig, gguf_quantized: Collection[str] = ()) -> Weights:
+    """(HF name, tensor) pairs of a checkpoint in any supported format, one tensor at a time.
+    `gguf_quantized`: see `_iterate_gguf`."""
     path = Path(model_path)
     if path.suffix == ".gguf":
-        return _iterate_gguf(path, config)
+        return _iterate_gguf(path, config, gguf_quantized)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {path}")
@@ -151,29 +166,64 @@ _GGUF_LAYER_NAMES = {
 }
 
 
-def _iterate_gguf(path: Path, config: PretrainedConfig) -> Weights:
-    """Every GGUF tensor dequantized to fp32 under its HF name.
+def _gguf_hf_name(gguf_name: str, path: Path) -> str:
+    module, kind = gguf_name.rsplit(".", 1)
+    if module == "rope_freqs":
+        raise NotImplementedError(f"{path}: GGUF rope frequency factors (Llama 3.1 rope scaling) are "
+                                  "not supported; load the HF checkpoint instead")
+    if module.startswith("blk."):
+        _, layer, part = module.split(".", 2)
+        return f"model.layers.{layer}.{_GGUF_LAYER_NAMES[part]}.{kind}"
+    return f"{_GGUF_NAMES[module]}.{kind}"
+
+
+def _keep_gguf_quantized(model: nn.Module, path: Path) -> set[str]:
+    """Give every `Linear` of `model` whose GGUF weights (all its pieces, for merged layers) have one
+    supported quantized type that type's `GGUFQuantMethod`, and return the HF module names of those weights.
+    Mixed merged layers (llama.cpp's Q4_K_M puts Q6_K beside Q4_K in some) stay float."""
+    pieces: dict[str, list[tuple[str, gguf.GGMLQuantizationType]]] = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        name = _gguf_hf_name(tensor.name, path)
+        if not name.endswith(".weight"):
+            continue
+        layer = name
+        for merged, piece, _ in STACKED_PARAMS:
+            layer = layer.replace(f".{piece}.", f".{merged}.")
+        pieces.setdefault(layer.removesuffix(".weight"), []).append((name.removesuffix(".weight"),
+                                                                     tensor.tensor_type))
+    modules = dict(model.named_modules())
+    kept = set()
+    for layer, parts in pieces.items():
+        qtypes = {qtype for _, qtype in parts}
+        if isinstance(modules.get(layer), Linear) and len(qtypes) == 1 and (qtype := qtypes.pop()) in gguf_quant.TYPES:
+            gguf_quant.TYPES[qtype].method.create_weights(modules[layer])
+            kept.update(name for name, _ in parts)
+    return kept
+
+
+def _iterate_gguf(path: Path, config: PretrainedConfig, quantized: Collection[str] = ()) -> Weights:
+    """Every GGUF tensor under its HF name, dequantized to fp32, except the weights of the modules named in
+    `quantized`: those come repacked (layers/gguf_quant.py) as `<module>.qweight`, `.weight_scale` (and
+    `.weight_min`), rows first like a weight, for the parameters `GGUFQuantMethod` gave the layer.
 
     llama.cpp's converter permutes the q/k rows of llama-architecture models (each head's NeoX halves
-    become interleaved pairs); that is undone here.
+    become interleaved pairs); that is undone here, on quantized rows alike.
     """
     reader = gguf.GGUFReader(path)
     permuted = reader.fields["general.architecture"].contents() == "llama"
     for tensor in reader.tensors:
-        module, kind = tensor.name.rsplit(".", 1)
-        if module == "rope_freqs":
-            raise NotImplementedError(f"{path}: GGUF rope frequency factors (Llama 3.1 rope scaling) are "
-                                      "not supported; load the HF checkpoint instead")
-        # a copy: the reader's arrays are read-only views of the memory-mapped file
-        data = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-        # ggml lists dimensions fastest-first, torch slowest-first
-        t = torch.from_numpy(data).reshape(tuple(reversed(tensor.shape.tolist())))
-        if module.startswith("blk."):
-            _, layer, part = module.split(".", 2)
-            name = f"model.layers.{layer}.{_GGUF_LAYER_NAMES[part]}.{kind}"
-            if permuted and part in ("attn_q", "attn_k"):
-                heads = config.num_attention_heads if part == "attn_q" else config.num_key_value_heads
-                t = t.unflatten(0, (heads, -1, 2)).transpose(1, 2).reshape(t.shape)
+        name = _gguf_hf_name(tensor.name, path)
+        module, kind = name.rsplit(".", 1)
+        if kind == "weight" and module in quantized:
+            packed = gguf_quant.repack(tensor.data, tensor.tensor_type)
+            tensors = {f"{module}.{suffix}": t for suffix, t in packed.items()}
         else:
-            name = f"{_GGUF_NAMES[module]}.{kind}"
-        yield name, t
+            # a copy: the reader's arrays are read-only views of the memory-mapped file
+            data = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            # ggml lists dimensions fastest-first, torch slowest-first
+            tensors = {name: torch.from_numpy(data).reshape(tuple(reversed(tensor.shape.tolist())))}
+        for name, t in tensors.items():
+            if permuted and module.endswith(("self_attn.q_proj", "self_attn.k_proj")):
+                heads = config.num_attention_heads if module.endswith("q_proj") else config.num_key_value_heads
+                t = t.unflatten(0, (heads, -1, 2)).transpose(1, 2).reshape(t.shape)
+            yield name, t

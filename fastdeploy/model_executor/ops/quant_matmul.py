@@ -9,6 +9,11 @@ kernels step through K in whole blocks and never mask a weight load along K):
   within each group: byte j of group g holds k = 128g + j (low nibble) and k = 128g + 64 + j (high), so a
   kernel reads each half's activations as one contiguous run. `qweight` is uint8 [N, Kp/2].
 
+- grouped (GGUF checkpoints, layers/gguf_quant.py): either layout with a scale per `group` inputs along K
+  (`scale` [N, Kp/group], fp16) instead of the above; int4 optionally with a per-group `mins` [N, Kp/group]
+  subtracted, the nibble then read unsigned: W = scale * n - min (without `mins`, scale * (n - 8)).
+  `group` 0 means the wint8/wint4 formats above.
+
 The `*_ref` functions (dequantize, then matmul in PyTorch) are the CPU path and the kernels' test oracle;
 `quant_matmul` runs the Triton kernels (triton_quant_matmul.py) on CUDA tensors.
 """
@@ -35,8 +40,13 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
-    return (qweight[:, :k].float() * scale[:, None]).to(dtype)
+def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor, k: int, dtype: torch.dtype,
+                    group: int = 0) -> torch.Tensor:
+    if group == 0:
+        return (qweight[:, :k].float() * scale[:, None]).to(dtype)
+    n = qweight.shape[0]
+    w = qweight.float().view(n, -1, group) * scale.float()[..., None]
+    return w.view(n, -1)[:, :k].to(dtype)
 
 
 def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,30 +61,42 @@ def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed.view(n, -1), scale
 
 
-def dequantize_int4(qweight: torch.Tensor, scale: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_int4(qweight: torch.Tensor, scale: torch.Tensor, k: int, dtype: torch.dtype,
+                    group: int = 0, mins: torch.Tensor | None = None) -> torch.Tensor:
     n = qweight.shape[0]
     packed = qweight.view(n, -1, BLOCK // 2)
-    q = torch.cat([packed & 0xF, packed >> 4], dim=2).float() - 8
-    return (q * scale.float()[..., None]).view(n, -1)[:, :k].to(dtype)
+    q = torch.cat([packed & 0xF, packed >> 4], dim=2).float().view(n, -1, group or BLOCK)
+    w = (q - 8 if mins is None else q) * scale.float()[..., None]
+    if mins is not None:
+        w -= mins.float()[..., None]
+    return w.view(n, -1)[:, :k].to(dtype)
 
 
-def wint8_matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
-    return F.linear(x, dequantize_int8(qweight, scale, x.shape[-1], x.dtype), bias)
+def dequantize(qweight: torch.Tensor, scale: torch.Tensor, bits: int, k: int, dtype: torch.dtype,
+               group: int = 0, mins: torch.Tensor | None = None) -> torch.Tensor:
+    """The [N, k] weight of any format above, in dtype."""
+    if bits == 8:
+        if mins is not None:
+            raise ValueError("int8 weights have no per-group minimum")
+        return dequantize_int8(qweight, scale, k, dtype, group)
+    return dequantize_int4(qweight, scale, k, dtype, group, mins)
 
 
-def wint4_matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
-    return F.linear(x, dequantize_int4(qweight, scale, x.shape[-1], x.dtype), bias)
+def matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bits: int,
+               bias: torch.Tensor | None = None, group: int = 0, mins: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """The reference for any format (`quant_matmul`'s arguments)."""
+    return F.linear(x, dequantize(qweight, scale, bits, x.shape[-1], x.dtype, group, mins), bias)
 
 
 QUANTIZE = {8: quantize_int8, 4: quantize_int4}
-MATMUL_REF = {8: wint8_matmul_ref, 4: wint4_matmul_ref}
 
 
 def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bits: int,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
+                 bias: torch.Tensor | None = None, group: int = 0, mins: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """x [..., K] @ dequant(W).T (+ bias) -> [..., N] in x's dtype: Triton on CUDA, the reference elsewhere."""
     if x.is_cuda and triton_kernels("triton_quant_matmul") is not None:
-        return triton_kernels("triton_quant_matmul").quant_matmul(x, qweight, scale, bits, bias)
-    return MATMUL_REF[bits](x, qweight, scale, bias)
+        return triton_kernels("triton_quant_matmul").quant_matmul(x, qweight, scale, bits, bias,
+                                                                   group=group, mins=mins)
+    return matmul_ref(x, qweight, scale, bits, bias, group, mins)

@@ -16,6 +16,15 @@
   weight stream is split along K too (SPLIT_K programs per tile, fp32 atomics into a zeroed buffer), so
   that enough programs stream weights at once.
 
+Grouped formats (GGUF, GROUP > 0; GROUP 0 compiles exactly the wint8/wint4 code): the GEMV tiles K as
+[groups, GROUP] (int8) or, for int4, each 64-wide half of a 128 block as [HALF / GROUP, GROUP], so that a
+group's scale (and min) is loaded once and broadcast over its inputs; it dequantizes each weight
+(scale * n - min) in fp32 before the product. The GEMM dequantizes its [64, BLOCK_N] weight half-tiles with
+their scales broadcast per group, then runs the same tl.dot's as above: dequantizing costs one FMA per weight
+per tile (shared by BLOCK_M rows), where rescaling fp32 partial sums per group would cost one per output per
+group and run narrower dots. The price is that each weight enters the dot rounded to the activation dtype, as
+in a float model dequantized at load (H100, bf16, 4096 x 4096: the same max error as F.linear on those).
+
 This module imports triton at the top: the dispatcher in quant_matmul.py imports it lazily.
 """
 from dataclasses import dataclass
@@ -44,16 +53,25 @@ def _nibble_to_f32(n):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, num_blocks,
+def _u4_to_f32(n):
+    """int32 nibble in [0, 15] -> float32 n exactly (the unsigned nibble of formats with a min)."""
+    return (n | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 HALF: tl.constexpr):
+                 HALF: tl.constexpr, GROUP: tl.constexpr, HAS_MIN: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)          # clamped: weight loads need no N mask
     x_row = x_ptr + m * stride_xm
-    if BITS == 8:
+    if GROUP > 0:
+        out = _gemv_grouped(x_row, w_ptr, s_ptr, m_ptr, rows, K, num_blocks, stride_wn, stride_sn,
+                            BITS, BLOCK_N, BLOCK_K, HALF, GROUP, HAS_MIN)
+    elif BITS == 8:
         Kp = num_blocks * (2 * HALF)
         offs_k = tl.arange(0, BLOCK_K)
         w_ptrs = w_ptr + rows[:, None] * stride_wn + offs_k[None, :]
@@ -91,13 +109,71 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, num_blocks,
 
 
 @triton.jit
-def _load_halves(w_ptr, rows, blocks, offs_j, stride_wn, BITS: tl.constexpr, HALF: tl.constexpr):
+def _gemv_grouped(x_row, w_ptr, s_ptr, m_ptr, rows, K, num_blocks, stride_wn, stride_sn,
+                  BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF: tl.constexpr,
+                  GROUP: tl.constexpr, HAS_MIN: tl.constexpr):
+    """`_gemv_kernel`'s dot products of weight rows `rows` with x for the grouped formats: [BLOCK_N] fp32."""
+    if BITS == 8:
+        NG: tl.constexpr = BLOCK_K // GROUP                  # groups per step
+        Kp = num_blocks * (2 * HALF)
+        offs_g = tl.arange(0, NG)
+        offs_k = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]           # [NG, GROUP]
+        w_ptrs = w_ptr + rows[:, None, None] * stride_wn + offs_k[None, :, :]
+        s_ptrs = s_ptr + rows[:, None] * stride_sn + offs_g[None, :]
+        acc = tl.zeros([BLOCK_N, NG, GROUP], dtype=tl.float32)
+        for k0 in range(0, Kp, BLOCK_K):
+            k = k0 + offs_k
+            w = tl.load(w_ptrs, mask=(k < Kp)[None, :, :], other=0)
+            x = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
+            s = tl.load(s_ptrs, mask=(k0 + offs_g * GROUP < Kp)[None, :], other=0.0).to(tl.float32)
+            acc += _i8_to_f32(w) * s[:, :, None] * x[None, :, :]
+            w_ptrs += BLOCK_K
+            s_ptrs += NG
+        return tl.sum(tl.sum(acc, axis=2), axis=1)
+    else:
+        # [BLOCK_N, G blocks, SUB groups per half, GROUP]: byte j of a block's half-group s holds input
+        # 128 g + s GROUP + j (low nibble, group 2 SUB g + s) and the same + 64 (high nibble, group + SUB)
+        G: tl.constexpr = BLOCK_K // (2 * HALF)
+        SUB: tl.constexpr = HALF // GROUP
+        offs_g = tl.arange(0, G)
+        offs_sj = tl.arange(0, SUB)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]      # [SUB, GROUP]
+        offs_gs = offs_g[:, None] * (2 * SUB) + tl.arange(0, SUB)[None, :]               # [G, SUB]
+        w_ptrs = w_ptr + rows[:, None, None, None] * stride_wn + (offs_g[:, None, None] * HALF + offs_sj)[None]
+        s_ptrs = s_ptr + rows[:, None, None] * stride_sn + offs_gs[None]
+        m_ptrs = m_ptr + rows[:, None, None] * stride_sn + offs_gs[None]
+        acc = tl.zeros([BLOCK_N, G, SUB, GROUP], dtype=tl.float32)
+        for g0 in range(0, num_blocks, G):
+            g = g0 + offs_g
+            g_mask = (g < num_blocks)[None, :, None]
+            packed = tl.load(w_ptrs, mask=g_mask[:, :, :, None], other=0).to(tl.int32)
+            k_lo = g[:, None, None] * (2 * HALF) + offs_sj[None]
+            x_lo = tl.load(x_row + k_lo, mask=k_lo < K, other=0.0).to(tl.float32)[None]
+            x_hi = tl.load(x_row + k_lo + HALF, mask=k_lo + HALF < K, other=0.0).to(tl.float32)[None]
+            s_lo = tl.load(s_ptrs, mask=g_mask, other=0.0).to(tl.float32)[:, :, :, None]
+            s_hi = tl.load(s_ptrs + SUB, mask=g_mask, other=0.0).to(tl.float32)[:, :, :, None]
+            if HAS_MIN:
+                m_lo = tl.load(m_ptrs, mask=g_mask, other=0.0).to(tl.float32)[:, :, :, None]
+                m_hi = tl.load(m_ptrs + SUB, mask=g_mask, other=0.0).to(tl.float32)[:, :, :, None]
+                acc += (_u4_to_f32(packed & 0xF) * s_lo - m_lo) * x_lo
+                acc += (_u4_to_f32(packed >> 4) * s_hi - m_hi) * x_hi
+            else:
+                acc += _nibble_to_f32(packed & 0xF) * s_lo * x_lo
+                acc += _nibble_to_f32(packed >> 4) * s_hi * x_hi
+            w_ptrs += G * HALF
+            s_ptrs += G * 2 * SUB
+            m_ptrs += G * 2 * SUB
+        return tl.sum(tl.sum(tl.sum(acc, axis=3), axis=2), axis=1)
+
+
+@triton.jit
+def _load_halves(w_ptr, rows, blocks, offs_j, stride_wn, BITS: tl.constexpr, HALF: tl.constexpr,
+                 NIBBLE_OFFSET: tl.constexpr = 8.0):
     """The weight values of K blocks `blocks` for weight rows `rows` (in range) as two float32 tensors (low
-    and high half of each block) of the broadcast shape of rows, blocks and offs_j."""
+    and high half of each block) of the broadcast shape of rows, blocks and offs_j (int4: nibble - offset)."""
     if BITS == 4:
         packed = tl.load(w_ptr + rows * stride_wn + blocks * HALF + offs_j)
-        lo = (packed & 0xF).to(tl.float32) - 8.0
-        hi = (packed >> 4).to(tl.float32) - 8.0
+        lo = (packed & 0xF).to(tl.float32) - NIBBLE_OFFSET
+        hi = (packed >> 4).to(tl.float32) - NIBBLE_OFFSET
     else:
         ptr = w_ptr + rows * stride_wn + blocks * (2 * HALF) + offs_j
         lo = tl.load(ptr).to(tl.float32)
@@ -106,10 +182,29 @@ def _load_halves(w_ptr, rows, blocks, offs_j, stride_wn, BITS: tl.constexpr, HAL
 
 
 @triton.jit
-def _gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, num_blocks,
+def _per_group(v, SUB: tl.constexpr, GROUP: tl.constexpr):
+    """[SUB, BLOCK_N] -> [SUB * GROUP, BLOCK_N]: each group's value repeated over its GROUP inputs."""
+    BN: tl.constexpr = v.shape[1]
+    return tl.reshape(tl.broadcast_to(v[:, None, :], (SUB, GROUP, BN)), (SUB * GROUP, BN))
+
+
+@triton.jit
+def _dequant_half(w, s_ptr, m_ptr, rows, first_group, stride_sn, SUB: tl.constexpr, GROUP: tl.constexpr,
+                  HAS_MIN: tl.constexpr):
+    """The float weights of one [HALF, BLOCK_N] half-tile `w` (integers) of groups first_group + [0, SUB)."""
+    offs = rows * stride_sn + first_group + tl.arange(0, SUB)[:, None]
+    w = w * _per_group(tl.load(s_ptr + offs).to(tl.float32), SUB, GROUP)
+    if HAS_MIN:
+        w -= _per_group(tl.load(m_ptr + offs).to(tl.float32), SUB, GROUP)
+    return w
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, M, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 HALF: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_K: tl.constexpr):
+                 HALF: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
+                 GROUP: tl.constexpr, HAS_MIN: tl.constexpr):
     # axis 0 walks M fastest, so programs running together share a weight tile through L2
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -127,16 +222,25 @@ def _gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, num_blocks,
         k_lo = blk * (2 * HALF) + offs_j[None, :]
         x_lo = tl.load(x_rows + k_lo, mask=m_mask[:, None] & (k_lo < K), other=0.0)
         x_hi = tl.load(x_rows + k_lo + HALF, mask=m_mask[:, None] & (k_lo + HALF < K), other=0.0)
-        w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF)
-        if BITS == 4:
+        if GROUP > 0:
+            SUB: tl.constexpr = HALF // GROUP
+            w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF,
+                                      0.0 if HAS_MIN else 8.0)
+            w_lo = _dequant_half(w_lo, s_ptr, m_ptr, rows, blk * (2 * SUB), stride_sn, SUB, GROUP, HAS_MIN)
+            w_hi = _dequant_half(w_hi, s_ptr, m_ptr, rows, blk * (2 * SUB) + SUB, stride_sn, SUB, GROUP, HAS_MIN)
+            acc = tl.dot(x_lo, w_lo.to(dt), acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(x_hi, w_hi.to(dt), acc, input_precision=DOT_PRECISION)
+        elif BITS == 4:
+            w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF)
             part = tl.dot(x_lo, w_lo.to(dt), input_precision=DOT_PRECISION)
             part = tl.dot(x_hi, w_hi.to(dt), part, input_precision=DOT_PRECISION)
             s = tl.load(s_ptr + rows * stride_sn + blk).to(tl.float32)
             acc += part * s
         else:
+            w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF)
             acc = tl.dot(x_lo, w_lo.to(dt), acc, input_precision=DOT_PRECISION)
             acc = tl.dot(x_hi, w_hi.to(dt), acc, input_precision=DOT_PRECISION)
-    if BITS == 8:
+    if BITS == 8 and GROUP == 0:
         acc *= tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
     if HAS_BIAS:
         if pid_k == 0:
@@ -186,7 +290,8 @@ def gemm_config(m: int, n: int, num_blocks: int) -> GemmConfig:
 
 
 def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bits: int,
-                 bias: torch.Tensor | None = None, config: GemvConfig | GemmConfig | None = None) -> torch.Tensor:
+                 bias: torch.Tensor | None = None, config: GemvConfig | GemmConfig | None = None, *,
+                 group: int = 0, mins: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as quant_matmul.quant_matmul; `config` overrides the launch heuristics (benchmarks)."""
     K, N = x.shape[-1], qweight.shape[0]
     x2 = x.reshape(-1, K)
@@ -196,16 +301,20 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     if M == 0:
         return torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
     num_blocks = triton.cdiv(K, BLOCK)
-    stride_sn = scale.stride(0) if bits == 4 else 0
+    stride_sn = scale.stride(0) if bits == 4 or group else 0
+    if mins is not None:
+        assert bits == 4 and group and mins.stride() == scale.stride(), "mins: int4 grouped, laid out as scale"
+    formats = dict(GROUP=group, HAS_MIN=mins is not None)
+    m_ptr = mins if mins is not None else scale
     if isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M):
         c = config or GEMV_DEFAULT[bits]
         block_k = c.block_k
         y = torch.empty(M, N, dtype=x.dtype, device=x.device)
         _gemv_kernel[(M, triton.cdiv(N, c.block_n))](
-            x2, qweight, scale, bias if bias is not None else y, y, N, K, num_blocks,
+            x2, qweight, scale, m_ptr, bias if bias is not None else y, y, N, K, num_blocks,
             x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
             BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=block_k,
-            HALF=BLOCK // 2, num_warps=c.num_warps, num_stages=c.num_stages)
+            HALF=BLOCK // 2, **formats, num_warps=c.num_warps, num_stages=c.num_stages)
         return y.view(*x.shape[:-1], N)
     c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
     split = max(1, min(c.split_k, num_blocks))
@@ -214,11 +323,11 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     else:
         y = torch.zeros(M, N, dtype=torch.float32, device=x.device)
     _gemm_kernel[(triton.cdiv(M, c.block_m), triton.cdiv(N, c.block_n), split)](
-        x2, qweight, scale, bias if bias is not None else y, y, M, N, K, num_blocks,
+        x2, qweight, scale, m_ptr, bias if bias is not None else y, y, M, N, K, num_blocks,
         x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
         BITS=bits, HAS_BIAS=bias is not None, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
         HALF=BLOCK // 2, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
-        num_warps=c.num_warps, num_stages=c.num_stages)
+        **formats, num_warps=c.num_warps, num_stages=c.num_stages)
     if split > 1:
         y = y.to(x.dtype)
     return y.view(*x.shape[:-1], N)
