@@ -42,7 +42,9 @@ def main():
     args = ap.parse_args()
     engines = {mode: LLM(model=shape_dir(args.shape), load_format="dummy", skip_tokenizer_init=True,
                          dtype="bfloat16", max_num_seqs=args.batch, max_model_len=args.prompt_len + args.tokens + 64,
-                         max_num_batched_tokens=8192, gpu_memory_utilization=0.4, async_scheduling=mode)
+                         max_num_batched_tokens=8192, async_scheduling=mode,
+                         # a fixed cache: the other engine holds GPU memory that profiling would count out
+                         num_gpu_blocks_override=4 * args.batch * -(-(args.prompt_len + args.tokens) // 64))
                for mode in (True, False)}
     prompts = random_prompts(args.requests, args.prompt_len, 1000, seed=1)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
