@@ -236,6 +236,29 @@ def test_rotary(head_dim, rot_dim, interleaved, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("head_dim,rot_dim,kvh", [(64, 64, 1), (128, 128, 4), (128, 64, 2)])
+def test_rotary_and_store_kv(head_dim, rot_dim, kvh, interleaved, dtype):
+    """The fused kernel: q rotated as apply_rotary does, k rotated and written with v into the cache slots
+    as store_kvcache does (padding slots -1 untouched), in one launch."""
+    gen = torch.Generator().manual_seed(head_dim + kvh)
+    query_lens = [int(x) for x in torch.randint(1, 6 * SCALE, (3,), generator=gen)]
+    ctx_lens = [int(x) for x in torch.randint(0, 40 * SCALE, (3,), generator=gen)]
+    q, k, v, kc, vc, slots, *_ = make_batch(gen, query_lens, ctx_lens, 2 * kvh, kvh, head_dim, 16, dtype,
+                                           skip_frac=0.25)
+    T = q.shape[0]
+    pos = torch.randint(0, 4096, (T, 1), generator=gen).float()
+    inv_freq = 10000.0 ** (-torch.arange(0, rot_dim, 2, dtype=torch.float32) / rot_dim)
+    cos, sin = (pos * inv_freq).cos().to(DEVICE), (pos * inv_freq).sin().to(DEVICE)
+    q_want, k_rot = te.apply_rotary(q, k, cos, sin, interleaved)
+    kc_want, vc_want = kc.clone(), vc.clone()
+    store_kvcache_ref(k_rot, v, kc_want, vc_want, slots)
+    q_got, none = te.apply_rotary(q, k, cos, sin, interleaved, kv_cache=(v, kc, vc, slots))
+    assert none is None and torch.equal(q_got, q_want)
+    assert torch.equal(kc, kc_want) and torch.equal(vc, vc_want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("inter", [64, 100, 3000])
 def test_silu_and_mul(inter, dtype):
     gen = torch.Generator().manual_seed(inter)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fastdeploy.model_executor.ops import paged_attention as ops
+from fastdeploy.model_executor.ops.rotary import apply_rotary_and_store_kv
 
 
 @dataclass
@@ -34,28 +35,28 @@ class AttentionMetadata:
 
 
 class Attention(nn.Module):
-    """Writes this step's K/V into the layer's cache and attends over the cache.
+    """Rotates q and k, writes this step's K/V into the layer's cache and attends over the cache.
 
     `k_cache` / `v_cache` ([num_blocks, block_size, num_kv_heads, head_dim]) are bound by the model
     runner after it sizes the cache.
     """
 
-    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int):
+    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, interleaved_rope: bool):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.scale = scale
         self.num_kv_heads = num_kv_heads
+        self.interleaved_rope = interleaved_rope
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """q: [T, num_heads * head_dim], k/v: [T, num_kv_heads * head_dim] -> [T, num_heads * head_dim]."""
+        """q: [T, num_heads, head_dim], k/v: [T, num_kv_heads, head_dim], rope: this step's (cos, sin) rows
+        -> [T, num_heads * head_dim]."""
         T = q.shape[0]
-        q = q.view(T, self.num_heads, self.head_dim)
-        k = k.view(T, self.num_kv_heads, self.head_dim)
-        v = v.view(T, self.num_kv_heads, self.head_dim)
-        ops.store_kvcache(k, v, self.k_cache, self.v_cache, attn_metadata.slot_mapping)
+        q = apply_rotary_and_store_kv(q, k, v, *rope, self.interleaved_rope, self.k_cache, self.v_cache,
+                                      attn_metadata.slot_mapping)
         out = ops.paged_attention(q, self.k_cache, self.v_cache, attn_metadata, self.scale)
         return out.view(T, self.num_heads * self.head_dim)

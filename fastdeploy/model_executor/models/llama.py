@@ -20,7 +20,6 @@ from fastdeploy.model_executor.layers.linear import GateUpLinear, QKVLinear, Row
 from fastdeploy.model_executor.layers.norm import RMSNorm
 from fastdeploy.model_executor.layers.rotary_embedding import get_rope
 from fastdeploy.model_executor.ops.activation import silu_and_mul
-from fastdeploy.model_executor.ops.rotary import apply_rotary
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,8 @@ class SelfAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.qk_norm = spec.qk_norm
-        self.interleaved_rope = spec.interleaved_rope
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads)
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads,
+                              spec.interleaved_rope)
 
     def forward(self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor,
                 attn_metadata: AttentionMetadata):
@@ -62,8 +61,7 @@ class SelfAttention(nn.Module):
         k = k.view(T, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, k, *rope, self.interleaved_rope)
-        out = self.attn(q.reshape(T, -1), k.reshape(T, -1), v, attn_metadata)
+        out = self.attn(q, k, v.view(T, self.num_kv_heads, self.head_dim), rope, attn_metadata)
         return self.o_proj(out)
 
 

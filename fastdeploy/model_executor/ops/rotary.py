@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from fastdeploy.model_executor.ops import triton_kernels
+from fastdeploy.model_executor.ops.paged_attention import store_kvcache
 
 
 def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
@@ -34,3 +35,16 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     q = torch.cat((apply_rotary_ref(q[..., :rot], cos, sin, interleaved), q[..., rot:]), dim=-1)
     k = torch.cat((apply_rotary_ref(k[..., :rot], cos, sin, interleaved), k[..., rot:]), dim=-1)
     return q, k
+
+
+def apply_rotary_and_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+                              sin: torch.Tensor, interleaved: bool, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                              slot_mapping: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary`, then `store_kvcache` of the rotated k and v; returns the rotated q. On CUDA one
+    kernel does both: a launch less per layer, and the rotated k is never written anywhere but the cache."""
+    if q.is_cuda and triton_kernels("triton_elementwise") is not None:
+        return triton_kernels("triton_elementwise").apply_rotary(
+            q, k, cos, sin, interleaved, kv_cache=(v, k_cache, v_cache, slot_mapping))[0]
+    q, k = apply_rotary(q, k, cos, sin, interleaved)
+    store_kvcache(k, v, k_cache, v_cache, slot_mapping)
+    return q

@@ -98,9 +98,13 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr,
                    stride_qt, stride_qh, stride_kt, stride_kh,
                    stride_qot, stride_qoh, stride_kot, stride_koh, stride_ct, stride_st,
                    num_q_heads, num_k_heads,
+                   v_ptr, v_cache_ptr, slot_ptr, stride_vt, stride_vh, stride_cb, stride_cs,
                    HEAD_DIM: tl.constexpr, ROT_HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
-                   BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED: tl.constexpr):
-    # one program per token: cos/sin are loaded once and applied to all q and k heads
+                   BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED: tl.constexpr,
+                   STORE_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr):
+    # one program per token: cos/sin are loaded once and applied to all q and k heads. With STORE_KV, ko_ptr
+    # is the K cache: the rotated k goes straight to the token's slot (stride_koh: the cache's head stride)
+    # and v is copied to the same place in the V cache; slot < 0 (padding) stores nothing.
     t = tl.program_id(0).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
     r_mask = offs_r < ROT_HALF
@@ -108,15 +112,29 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr,
     sin = tl.load(sin_ptr + t * stride_st + offs_r, mask=r_mask, other=0.0).to(tl.float32)[None, :]
     _rotate_heads(q_ptr, qo_ptr, t, cos, sin, stride_qt, stride_qh, stride_qot, stride_qoh, num_q_heads,
                   HEAD_DIM, ROT_HALF, BLOCK_QH, BLOCK_R, BLOCK_P, INTERLEAVED)
-    _rotate_heads(k_ptr, ko_ptr, t, cos, sin, stride_kt, stride_kh, stride_kot, stride_koh, num_k_heads,
-                  HEAD_DIM, ROT_HALF, BLOCK_KH, BLOCK_R, BLOCK_P, INTERLEAVED)
+    if STORE_KV:
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if slot >= 0:
+            dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
+            _rotate_heads(k_ptr, ko_ptr + dst, t, cos, sin, stride_kt, stride_kh, 0, stride_koh, num_k_heads,
+                          HEAD_DIM, ROT_HALF, BLOCK_KH, BLOCK_R, BLOCK_P, INTERLEAVED)
+            offs_h = tl.arange(0, BLOCK_KH)[:, None]
+            offs_d = tl.arange(0, BLOCK_D)[None, :]
+            mask = (offs_h < num_k_heads) & (offs_d < HEAD_DIM)
+            v = tl.load(v_ptr + t * stride_vt + offs_h * stride_vh + offs_d, mask=mask)
+            tl.store(v_cache_ptr + dst + offs_h * stride_koh + offs_d, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    else:
+        _rotate_heads(k_ptr, ko_ptr, t, cos, sin, stride_kt, stride_kh, stride_kot, stride_koh, num_k_heads,
+                      HEAD_DIM, ROT_HALF, BLOCK_KH, BLOCK_R, BLOCK_P, INTERLEAVED)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 interleaved: bool, kv_cache: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """q: [T, heads, head_dim], k: [T, kv_heads, head_dim], cos/sin: [T, rot_dim // 2].
 
-    Rotates the first rot_dim dims of every head (the rest are copied); returns new q, k.
+    Rotates the first rot_dim dims of every head (the rest are copied); returns new q, k. With `kv_cache`
+    = (v, k_cache, v_cache, slot_mapping) the rotated k and v go into the cache slots instead (as
+    `store_kvcache` writes them) and no k is returned.
     """
     T, num_q_heads, head_dim = q.shape
     num_k_heads = k.shape[1]
@@ -131,18 +149,29 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     if sin.stride(-1) != 1:
         sin = sin.contiguous()
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if kv_cache is None:
+        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        v, v_cache, slots, kv_strides, k_dst = k, k_out, k_out, (0, 0, 0, 0), k_out
+        k_dst_strides, block_size = (k_out.stride(0), k_out.stride(1)), 1
+    else:
+        v, k_cache, v_cache, slots = kv_cache
+        assert v.stride(-1) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+        k_out, k_dst = None, k_cache
+        kv_strides = (v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1))
+        k_dst_strides, block_size = (0, k_cache.stride(2)), k_cache.shape[1]
     if T:
         _rotary_kernel[(T,)](
-            q, k, q_out, k_out, cos, sin,
+            q, k, q_out, k_dst, cos, sin,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1), cos.stride(0), sin.stride(0),
+            q_out.stride(0), q_out.stride(1), *k_dst_strides, cos.stride(0), sin.stride(0),
             num_q_heads, num_k_heads,
+            v, v_cache, slots, *kv_strides,
             HEAD_DIM=head_dim, ROT_HALF=rot_half,
             BLOCK_QH=triton.next_power_of_2(num_q_heads), BLOCK_KH=triton.next_power_of_2(num_k_heads),
             BLOCK_R=triton.next_power_of_2(rot_half),
             BLOCK_P=triton.next_power_of_2(max(head_dim - 2 * rot_half, 1)),
-            INTERLEAVED=bool(interleaved),
+            INTERLEAVED=bool(interleaved), STORE_KV=kv_cache is not None, BLOCK_SIZE=block_size,
+            BLOCK_D=triton.next_power_of_2(head_dim),
             num_warps=4,
         )
     return q_out, k_out
