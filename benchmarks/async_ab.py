@@ -4,6 +4,7 @@ host's share of a step: time spent queueing steps (launch), waiting for the devi
     python benchmarks/async_ab.py --shape smollm2-135m --requests 1024 --batch 256 --rounds 3
 """
 import argparse
+import gc
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gc", choices=["on", "off"], default="on", help="off: no garbage collection while timed")
     args = ap.parse_args()
     engines = {mode: LLM(model=shape_dir(args.shape), load_format="dummy", skip_tokenizer_init=True,
                          dtype="bfloat16", max_num_seqs=args.batch, max_model_len=args.prompt_len + args.tokens + 64,
@@ -55,9 +57,13 @@ def main():
         for mode, llm in engines.items():
             s = spent[mode]
             s.update(launch=0.0, collect=0.0, steps=0)
+            if args.gc == "off":
+                gc.collect()
+                gc.disable()
             t = time.perf_counter()
             outs = llm.generate(prompts, params, use_tqdm=False)
             secs = time.perf_counter() - t
+            gc.enable()
             n = sum(len(o.outputs.token_ids) for o in outs)
             print(f"round {r} async={mode}: {n / secs:8.0f} out tok/s, {secs / s['steps'] * 1e3:.2f} ms/step; "
                   f"per step: launch {s['launch'] / s['steps'] * 1e3:.2f} ms, collect {s['collect'] / s['steps'] * 1e3:.2f}"
