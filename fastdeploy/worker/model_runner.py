@@ -22,7 +22,7 @@ from fastdeploy.input.multimodal import MultimodalEmbeds
 from fastdeploy.model_executor.loader import get_model
 from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.utils.logger import get_logger
-from fastdeploy.utils.tensors import to_device
+from fastdeploy.utils.tensors import PinnedStaging
 from fastdeploy.worker.cuda_graph import DecodeGraphs
 from fastdeploy.worker.sampler import LogprobsTensors, Sampler, SamplingMetadata
 
@@ -92,6 +92,7 @@ class ModelRunner:
         self.vocab_size = hf_config.get_text_config().vocab_size
         # multimodal models take [3, T] (t, h, w) rotary positions and vision-encoder outputs
         self.multimodal = hf_config.architectures[0] in MULTIMODAL_ARCHITECTURES
+        self.staging = PinnedStaging(device) if device.type == "cuda" else None
         self.num_blocks = self._profile_num_blocks()
         self._allocate_kv_cache(self.num_blocks)
         self.block_tables = PersistentBlockTables(-(-args.max_model_len // self.block_size))
@@ -141,14 +142,16 @@ class ModelRunner:
             n -= seq_lens[-1]
         blocks_per_seq = -(-max(seq_lens) // self.block_size)
         self._allocate_kv_cache(blocks_per_seq * len(seq_lens))
-        input_ids = torch.zeros(sum(seq_lens), dtype=torch.long, device=self.device)
-        positions = torch.cat([torch.arange(n, device=self.device) for n in seq_lens])
-        tables = torch.arange(blocks_per_seq * len(seq_lens), dtype=torch.int32,
-                              device=self.device).view(len(seq_lens), blocks_per_seq)
-        md = self._attention_metadata(seq_lens, seq_lens, tables, slot_mapping=None)
-        with torch.inference_mode():
-            hidden = self.model(input_ids, positions, md)
-            self.model.compute_logits(hidden[:self.args.max_num_seqs])
+        # each sequence writes into its own blocks; logits for max_num_seqs rows, as a step can have
+        tables = np.arange(blocks_per_seq * len(seq_lens), dtype=np.int32).reshape(len(seq_lens), blocks_per_seq)
+        positions = np.concatenate([np.arange(n) for n in seq_lens])
+        seq_of_token = np.repeat(np.arange(len(seq_lens)), seq_lens)
+        slots = tables[seq_of_token, positions // self.block_size].astype(np.int64) * self.block_size \
+            + positions % self.block_size
+        x = StepInputs(torch.zeros(len(positions), dtype=torch.long), torch.from_numpy(positions),
+                       torch.from_numpy(slots), torch.from_numpy(tables), seq_lens, seq_lens,
+                       list(range(min(self.args.max_num_seqs, len(positions)))))
+        self.forward(x)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         self._free_kv_cache()
@@ -173,23 +176,6 @@ class ModelRunner:
         torch.cuda.empty_cache()
 
     # ---- one step -----------------------------------------------------------------------------
-    def _attention_metadata(self, query_lens: list[int], seq_lens: list[int], block_tables: torch.Tensor,
-                            slot_mapping: torch.Tensor | None) -> AttentionMetadata:
-        starts = [0]
-        for n in query_lens:
-            starts.append(starts[-1] + n)
-        if slot_mapping is None:        # profiling: write each sequence into its own blocks
-            slot_mapping = torch.cat([
-                block_tables[b, torch.arange(n, device=self.device) // self.block_size].long() * self.block_size
-                + torch.arange(n, device=self.device) % self.block_size for b, n in enumerate(query_lens)])
-        return AttentionMetadata(
-            slot_mapping=slot_mapping,
-            query_start_loc=to_device(torch.tensor(starts, dtype=torch.int32), self.device),
-            seq_lens=to_device(torch.tensor(seq_lens, dtype=torch.int32), self.device),
-            block_tables=block_tables,
-            max_query_len=max(query_lens), max_seq_len=max(seq_lens),
-            query_lens_cpu=query_lens, seq_lens_cpu=seq_lens)
-
     def _prepare(self, scheduled: list[ScheduledRequest], prev: LaunchedStep | None = None) -> StepInputs:
         """The step's flat batch as host tensors (one copy each to the device later). A request whose
         last token `prev` sampled gets a placeholder, filled on the device from `prev.token_ids`.
@@ -285,20 +271,32 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, x: StepInputs) -> torch.Tensor | None:
         """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
-        dev = self.device
-        input_ids = to_device(x.input_ids, dev)
-        fill_inflight(input_ids, x.inflight)
+        query_start_loc = np.zeros(len(x.query_lens) + 1, dtype=np.int32)
+        np.cumsum(x.query_lens, out=query_start_loc[1:])
+        host = [x.input_ids.numpy(), x.positions.numpy(), x.slot_mapping.numpy(), x.block_tables.numpy(),
+                np.asarray(x.seq_lens, dtype=np.int32), query_start_loc, np.asarray(x.sample_rows, dtype=np.int64)]
+        if x.inflight is not None:
+            host += [x.inflight[0].numpy(), x.inflight[1].numpy()]
+        input_ids, positions, slots, tables, seq_lens, query_start_loc, rows, *fill = self._upload(host)
+        if fill:        # the previous step's tokens, still on the device, into their slots
+            dst, src = fill
+            input_ids.index_copy_(0, dst, x.inflight[2][src])
         if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
-            return self.graphs.run(input_ids, x.positions, x.slot_mapping,
-                                   torch.tensor(x.seq_lens, dtype=torch.int32), x.block_tables)
-        md = self._attention_metadata(x.query_lens, x.seq_lens, to_device(x.block_tables, dev),
-                                      to_device(x.slot_mapping, dev))
+            return self.graphs.run(input_ids, positions, slots, seq_lens, tables)
+        md = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start_loc, seq_lens=seq_lens,
+                               block_tables=tables, max_query_len=max(x.query_lens), max_seq_len=max(x.seq_lens),
+                               query_lens_cpu=x.query_lens, seq_lens_cpu=x.seq_lens)
         extra = {} if x.mm_embeds is None else {"mm_embeds": x.mm_embeds}
-        hidden = self.model(input_ids, to_device(x.positions, dev), md, **extra)
+        hidden = self.model(input_ids, positions, md, **extra)
         if not x.sample_rows:
             return None
-        rows = to_device(torch.tensor(x.sample_rows, dtype=torch.long), dev)
         return self.model.compute_logits(hidden[rows])
+
+    def _upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """The step's host arrays on the device: one copy through pinned memory on a GPU."""
+        if self.staging is not None:
+            return self.staging.to_device(arrays)
+        return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
 
     def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
         # eos and stop ids are banned until min_tokens are out
@@ -361,14 +359,6 @@ def _logprobs_as_dicts(lp, token_ids: list[int], reqs: list[Request]) -> list[di
             row.setdefault(t, v)
         out.append(row)
     return out
-
-
-def fill_inflight(input_ids: torch.Tensor, inflight: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
-    """Writes the previous step's sampled tokens (on the device) into their slots of `input_ids`."""
-    if inflight is not None:
-        dst, src, prev_token_ids = inflight
-        dev = input_ids.device
-        input_ids.index_copy_(0, to_device(dst, dev), prev_token_ids[to_device(src, dev)])
 
 
 def _available_ram() -> int:

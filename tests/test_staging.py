@@ -1,0 +1,27 @@
+"""PinnedStaging (GPU only): mixed host arrays come back intact on the device, across buffer turns and
+growth, while earlier copies are still queued behind device work."""
+import numpy as np
+import pytest
+import torch
+
+from fastdeploy.utils.tensors import PinnedStaging
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned staging is for GPUs")
+
+
+def test_round_trip_across_turns_and_growth():
+    staging = PinnedStaging(torch.device("cuda"))
+    rng = np.random.default_rng(0)
+    kept = []
+    busy = torch.randn(4096, 4096, device="cuda")
+    for step in range(40):
+        busy @= busy.T.clamp(-1, 1) / 4096          # keeps the stream busy, so copies queue behind it
+        n = int(rng.integers(0, 300 * (1 + step // 10)))    # grows: buffers are reallocated
+        arrays = [rng.integers(-2**40, 2**40, n, dtype=np.int64), rng.integers(0, 9, (3, n + 1), dtype=np.int32),
+                  rng.standard_normal(n + 5).astype(np.float32), np.zeros(0, dtype=np.int64)]
+        got = staging.to_device(arrays)
+        kept.append((arrays, got))
+    for arrays, got in kept:
+        for a, g in zip(arrays, got):
+            assert g.is_cuda and tuple(g.shape) == a.shape
+            np.testing.assert_array_equal(g.cpu().numpy(), a)
