@@ -93,10 +93,10 @@ class ModelRunner:
         # multimodal models take [3, T] (t, h, w) rotary positions and vision-encoder outputs
         self.multimodal = hf_config.architectures[0] in MULTIMODAL_ARCHITECTURES
         self.staging = PinnedStaging(device) if device.type == "cuda" else None
+        self.graphs = None      # captured once the cache exists; profiling runs eagerly
         self.num_blocks = self._profile_num_blocks()
         self._allocate_kv_cache(self.num_blocks)
         self.block_tables = PersistentBlockTables(-(-args.max_model_len // self.block_size))
-        self.graphs = None
         # decode graphs are captured with 1-D positions, so multimodal models run eagerly
         if device.type == "cuda" and not args.enforce_eager and not self.multimodal:
             self.graphs = DecodeGraphs(self.model, args.max_num_seqs, -(-args.max_model_len // self.block_size),
