@@ -16,7 +16,7 @@ from fastdeploy.engine.config import SUPPORTED_DTYPES, EngineArgs
 from fastdeploy.engine.output_processor import OutputProcessor
 from fastdeploy.engine.request import Request
 from fastdeploy.engine.sampling_params import MAX_SEED, SamplingParams
-from fastdeploy.engine.scheduler import ScheduledRequest, Scheduler
+from fastdeploy.engine.scheduler import Scheduler
 from fastdeploy.input.multimodal import MultimodalProcessor
 from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
 from fastdeploy.model_executor.loader import load_config
@@ -69,7 +69,7 @@ class LLMEngine:
         # device feeds them back). A request that turns out finished costs one wasted row.
         self.async_scheduling = (args.async_scheduling and args.tensor_parallel_size == 1
                                  and self.mm_processor is None)
-        self._pending: tuple[LaunchedStep, list[ScheduledRequest]] | None = None
+        self._pending: LaunchedStep | None = None
 
     def _multimodal_processor(self) -> MultimodalProcessor | None:
         multimodal = self.hf_config.architectures[0] in MULTIMODAL_ARCHITECTURES
@@ -197,39 +197,38 @@ class LLMEngine:
                 m.time_in_queue = now - m.arrival_time
         try:
             if self.async_scheduling:
-                launched = self.runner.launch(sched.scheduled, self._pending and self._pending[0])
+                launched = self.runner.launch(sched.scheduled, self._pending)
             else:
                 out = self.executor.execute(sched.scheduled)
         except Exception as e:
             raise RuntimeError(f"model step failed: {type(e).__name__}: {e}") from e
         self.scheduler.update_after_step(sched.scheduled)
         if not self.async_scheduling:
-            return finished + self._process(sched.scheduled, out)
-        for s in sched.scheduled:
-            s.request.num_inflight += s.samples
+            return finished + self._process([s.request for s in sched.scheduled if s.samples], out)
+        for req in launched.sampling:
+            req.num_inflight += 1
         if self._pending is not None:
             finished += self._complete_pending()
-        self._pending = (launched, sched.scheduled)
+        self._pending = launched
         return finished
 
     def _complete_pending(self) -> list[Request]:
-        launched, scheduled = self._pending
-        self._pending = None
+        launched, self._pending = self._pending, None
         try:
             out = self.runner.collect(launched)
         except Exception as e:
             raise RuntimeError(f"model step failed: {type(e).__name__}: {e}") from e
         for req in launched.sampling:
             req.num_inflight -= 1
-        return self._process(scheduled, out)
+        return self._process(launched.sampling, out)
 
-    def _process(self, scheduled: list[ScheduledRequest], out: StepOutput) -> list[Request]:
-        """Appends a step's sampled tokens and finishes the requests they end. A request that finished
-        after this step was queued (async scheduling) drops its token."""
+    def _process(self, sampling: list[Request], out: StepOutput) -> list[Request]:
+        """Appends a step's sampled tokens (one per request of `sampling`, in order) and finishes the
+        requests they end. A request that finished after this step was queued (async scheduling) drops
+        its token."""
         finished = []
-        sampled = (s.request for s in scheduled if s.samples)
         now = time.time()
-        for i, req in enumerate(sampled):
+        for i, req in enumerate(sampling):
             if req.is_finished:
                 continue
             req.metrics.model_forward_time += out.forward_time
