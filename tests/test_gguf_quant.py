@@ -15,12 +15,12 @@ import pytest  # noqa: E402
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
 from fastdeploy.model_executor.layers import gguf_quant as gq  # noqa: E402
-from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata  # noqa: E402
 from fastdeploy.model_executor.layers.linear import Linear  # noqa: E402
 from fastdeploy.model_executor.layers.quantization import WeightOnlyQuantMethod  # noqa: E402
 from fastdeploy.model_executor.loader import get_model, load_config  # noqa: E402
 from fastdeploy.model_executor.ops import quant_matmul as qm  # noqa: E402
 from fastdeploy.utils.model_resolver import resolve_model  # noqa: E402
+from tiny_models import prefill_logits  # noqa: E402
 
 QTYPES = list(gq.TYPES)
 # byte offsets of each block's fp16 fields (d; Q4_1's m, the K-quants' dmin) and their typical size, so that
@@ -147,7 +147,6 @@ def test_dispatcher_runs_reference_on_cpu_tensors():
 
 # ------------------------------------------------------------------------------------------------ models
 
-BLOCK_SIZE = 16
 # per layer, the type of each linear weight; layer 1's q/k/v are mixed, so its qkv_proj must stay float
 LAYER_TYPES = [
     dict(attn_q=T.Q8_0, attn_k=T.Q8_0, attn_v=T.Q8_0, attn_output=T.Q4_K, ffn_gate=T.Q4_1, ffn_up=T.Q4_1,
@@ -209,21 +208,6 @@ def _load(path, keep, quantization=None):
                      gguf_keep_quantized=keep)
 
 
-def _prefill_logits(model, ids: list[int]) -> torch.Tensor:
-    n = len(ids)
-    blocks = -(-n // BLOCK_SIZE)
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.k_cache = torch.zeros(blocks, BLOCK_SIZE, m.num_kv_heads, m.head_dim)
-            m.v_cache = torch.zeros_like(m.k_cache)
-    md = AttentionMetadata(
-        slot_mapping=torch.arange(n), query_start_loc=torch.tensor([0, n], dtype=torch.int32),
-        seq_lens=torch.tensor([n], dtype=torch.int32), block_tables=torch.arange(blocks, dtype=torch.int32)[None],
-        max_query_len=n, max_seq_len=n, query_lens_cpu=[n], seq_lens_cpu=[n])
-    with torch.no_grad():
-        return model.compute_logits(model(torch.tensor(ids), torch.arange(n), md))
-
-
 def test_tiny_gguf_kept_quantized_matches_dequantized_load(tiny_gguf):
     kept, floats = _load(tiny_gguf, True), _load(tiny_gguf, False)
     expect = {  # layer -> (bits, group, has_min), None: float
@@ -250,7 +234,7 @@ def test_tiny_gguf_kept_quantized_matches_dequantized_load(tiny_gguf):
     assert all(m.quant_method is None for m in floats.modules() if isinstance(m, Linear))
     assert kept.model.embed_tokens.weight.dtype == kept.lm_head.weight.dtype == torch.float32
     ids = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(0)).tolist()
-    torch.testing.assert_close(_prefill_logits(kept, ids), _prefill_logits(floats, ids), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prefill_logits(kept, ids), prefill_logits(floats, ids), atol=1e-4, rtol=1e-4)
 
 
 def _qtype_of(fmt):
@@ -277,6 +261,6 @@ def test_smollm2_q4_1_kept_quantized_matches_dequantized_load():
     assert linears and all(isinstance(m.quant_method, gq.GGUFQuantMethod) and m.quant_method.has_min
                            for m in linears)
     ids = [1, 9690, 314, 253, 4775, 30, 2, 198, 1, 15423, 198, 10576, 359, 346, 47, 2]
-    got, want = _prefill_logits(kept, ids), _prefill_logits(_load(path, False), ids)
+    got, want = prefill_logits(kept, ids), prefill_logits(_load(path, False), ids)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert (got.argmax(-1) == want.argmax(-1)).all()

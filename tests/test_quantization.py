@@ -14,11 +14,10 @@ import pytest  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from fastdeploy import LLM, SamplingParams  # noqa: E402
-from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata  # noqa: E402
 from fastdeploy.model_executor.layers.linear import Linear  # noqa: E402
 from fastdeploy.model_executor.loader import get_model, load_config  # noqa: E402
 from fastdeploy.model_executor.ops import quant_matmul as qm  # noqa: E402
-from tiny_models import make_tiny_model  # noqa: E402
+from tiny_models import make_tiny_model, prefill_logits  # noqa: E402
 
 BITS = (8, 4)
 
@@ -135,21 +134,6 @@ def tiny_llama(tmp_path_factory):
                                intermediate_size=256))
 
 
-def _prefill_logits(model, ids: list[int]) -> torch.Tensor:
-    n = len(ids)
-    blocks = -(-n // BLOCK_SIZE)
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.k_cache = torch.zeros(blocks, BLOCK_SIZE, m.num_kv_heads, m.head_dim)
-            m.v_cache = torch.zeros_like(m.k_cache)
-    md = AttentionMetadata(
-        slot_mapping=torch.arange(n), query_start_loc=torch.tensor([0, n], dtype=torch.int32),
-        seq_lens=torch.tensor([n], dtype=torch.int32), block_tables=torch.arange(blocks, dtype=torch.int32)[None],
-        max_query_len=n, max_seq_len=n, query_lens_cpu=[n], seq_lens_cpu=[n])
-    with torch.no_grad():
-        return model.compute_logits(model(torch.tensor(ids), torch.arange(n), md))
-
-
 def _load(path, quantization, load_format="auto"):
     torch.manual_seed(0)
     return get_model(path, load_config(path), torch.float32, torch.device("cpu"), load_format, quantization)
@@ -168,7 +152,7 @@ def test_quantized_model_is_the_float_model_on_dequantized_weights(tiny_llama, m
             q, s = qm.QUANTIZE[qm.METHODS[method]](m.weight.data)
             m.weight.data = deq(q, s, m.in_features, torch.float32)
     ids = torch.randint(0, 512, (48,), generator=torch.Generator().manual_seed(0)).tolist()
-    torch.testing.assert_close(_prefill_logits(model, ids), _prefill_logits(dequantized, ids), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prefill_logits(model, ids), prefill_logits(dequantized, ids), atol=1e-4, rtol=1e-4)
 
 
 # relative L2 logit error vs the float model, measured on this random tiny model: 2.9% wint8, 49% wint4
@@ -176,8 +160,8 @@ def test_quantized_model_is_the_float_model_on_dequantized_weights(tiny_llama, m
 @pytest.mark.parametrize("method,tol", [("wint8", 0.06), ("wint4", 0.7)])
 def test_quantized_model_logits_close_to_float(tiny_llama, method, tol):
     ids = torch.randint(0, 512, (48,), generator=torch.Generator().manual_seed(0)).tolist()
-    ref = _prefill_logits(_load(tiny_llama, None), ids)
-    got = _prefill_logits(_load(tiny_llama, method), ids)
+    ref = prefill_logits(_load(tiny_llama, None), ids)
+    got = prefill_logits(_load(tiny_llama, method), ids)
     rel = (got - ref).norm() / ref.norm()
     assert rel < tol, f"{method}: relative logit error {rel:.3f}"
 
@@ -257,7 +241,7 @@ def test_smollm2_wint8_next_token_agreement():
     same = total = 0
     for out in outs:
         prompt, answer = out.prompt_token_ids, out.outputs.token_ids
-        logits = _prefill_logits(quantized, prompt + answer[:-1])[len(prompt) - 1:]
+        logits = prefill_logits(quantized, prompt + answer[:-1])[len(prompt) - 1:]
         same += (logits.argmax(-1) == torch.tensor(answer)).sum().item()
         total += len(answer)
     assert same / total >= 0.95

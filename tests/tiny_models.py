@@ -268,3 +268,22 @@ def make_tiny_vl_model(path, seed: int = 0, **config_overrides) -> Path:
     (path / "preprocessor_config.json").write_text(json.dumps(image))
     (path / "video_preprocessor_config.json").write_text(json.dumps(video))
     return path
+
+
+def prefill_logits(model, ids: list[int], block_size: int = 16) -> torch.Tensor:
+    """The logits of one prompt `ids` prefilled in a single step through `model` (a fastdeploy model on
+    the CPU), over a fresh KV cache bound to its attention layers."""
+    from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
+
+    n = len(ids)
+    blocks = -(-n // block_size)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.k_cache = torch.zeros(blocks, block_size, m.num_kv_heads, m.head_dim)
+            m.v_cache = torch.zeros_like(m.k_cache)
+    md = AttentionMetadata(
+        slot_mapping=torch.arange(n), query_start_loc=torch.tensor([0, n], dtype=torch.int32),
+        seq_lens=torch.tensor([n], dtype=torch.int32), block_tables=torch.arange(blocks, dtype=torch.int32)[None],
+        max_query_len=n, max_seq_len=n, query_lens_cpu=[n], seq_lens_cpu=[n])
+    with torch.no_grad():
+        return model.compute_logits(model(torch.tensor(ids), torch.arange(n), md))
