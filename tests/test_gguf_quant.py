@@ -247,9 +247,13 @@ def test_gguf_with_wint_quantization_requantizes_from_float(tiny_gguf):
     assert linears and all(isinstance(m.quant_method, WeightOnlyQuantMethod) for m in linears)
 
 
-def test_cpu_default_dequantizes(tiny_gguf):
+def test_cpu_default_dequantizes_in_float32_only(tiny_gguf):
+    """float32 on the CPU: dequantized (exact against float engines); bfloat16: kept, for PyTorch's CPU
+    weight-only kernels."""
     model = get_model(tiny_gguf, load_config(tiny_gguf), torch.float32, torch.device("cpu"))
     assert all(m.quant_method is None for m in model.modules() if isinstance(m, Linear))
+    model = get_model(tiny_gguf, load_config(tiny_gguf), torch.bfloat16, torch.device("cpu"))
+    assert any(isinstance(m.quant_method, gq.GGUFQuantMethod) for m in model.modules() if isinstance(m, Linear))
 
 
 @pytest.mark.slow

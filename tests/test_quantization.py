@@ -122,6 +122,62 @@ def test_kernel_batched_input_and_empty():
     assert tq.quant_matmul(torch.empty(0, 256, device=DEVICE), q.to(DEVICE), s.to(DEVICE), 4).shape == (0, 24)
 
 
+# ------------------------------------------------------------------- PyTorch's CPU kernels (bf16 activations)
+
+def _cpu_formats():
+    """(name, K, qweight, scale, bits, group, mins) for wint8, wint4 and the GGUF 4-bit types, N = 48; K = 576
+    (not a multiple of 128: padded) but for Q4_K, whose blocks are 256 wide."""
+    from gguf import GGMLQuantizationType as T
+    import numpy as np
+    from fastdeploy.model_executor.layers import gguf_quant as gq
+    from test_gguf_quant import random_blocks
+
+    w = torch.randn(48, 576, generator=torch.Generator().manual_seed(0)) * 0.1
+    out = [("wint8", 576, *qm.quantize_int8(w), 8, 0, None), ("wint4", 576, *qm.quantize_int4(w), 4, 0, None)]
+    for qtype in (T.Q4_0, T.Q4_1, T.Q4_K):
+        k = 512 if qtype == T.Q4_K else 576
+        p = gq.repack(random_blocks(qtype, 48, k, np.random.default_rng(1)), qtype)
+        m = gq.TYPES[qtype].method
+        out.append((qtype.name, k, p["qweight"], p["weight_scale"], 4, m.group, p.get("weight_min")))
+    return out
+
+
+@pytest.mark.parametrize("fmt", _cpu_formats(), ids=lambda f: f[0])
+@pytest.mark.parametrize("m", [1, 5])
+def test_cpu_packed_matmul_matches_reference(fmt, m):
+    """bf16 activations on the CPU: PyTorch's weight-only kernels give the reference's product, up to
+    the bf16 rounding of activations, scales and zeros."""
+    _, k, q, s, bits, group, mins = fmt
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, k, generator=gen)
+    bias = torch.randn(q.shape[0], generator=gen)
+    packed = qm.pack_for_cpu(q, s, bits, k, group, mins)
+    got = qm.cpu_packed_matmul(x.to(torch.bfloat16), packed, bias.to(torch.bfloat16))
+    want = qm.matmul_ref(x, q, s, bits, bias, group, mins)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert (got.float() - want).abs().max() / want.abs().max() < 2e-2
+
+
+def test_formats_without_a_cpu_kernel_are_not_packed():
+    q, s = qm.quantize_int8(torch.randn(16, 128))
+    assert qm.pack_for_cpu(q, s.repeat(4, 1).T.contiguous(), 8, 128, group=32) is None      # grouped int8
+    assert qm.pack_for_cpu(*qm.quantize_int4(torch.randn(40, 128)), 4, 128) is None         # 40 rows
+
+
+def test_bf16_cpu_model_uses_packed_kernels(tiny_llama):
+    """A wint4 model in bf16 on the CPU runs PyTorch's int4 kernel (a packed copy per layer) and stays
+    close to the same model on the reference path."""
+    ids = list(range(3, 40))
+    model = get_model(tiny_llama, load_config(tiny_llama), torch.bfloat16, torch.device("cpu"), "auto", "wint4")
+    got = prefill_logits(model, ids).float()
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert linears and all(m.cpu_packed is not None for m in linears)
+    for m in linears:
+        m.cpu_packed = None                     # back to dequantize-then-matmul
+    want = prefill_logits(model, ids).float()
+    assert (got - want).abs().max() / want.abs().max() < 5e-2
+
+
 # ------------------------------------------------------------------------------------------------ models
 
 BLOCK_SIZE = 16

@@ -74,13 +74,14 @@ def get_model(model_path: str, config: PretrainedConfig, dtype: torch.dtype, dev
     layers quantized if `quantization` is "wint8" or "wint4" (layers/quantization.py).
 
     A GGUF file's quantized linear weights stay quantized (layers/gguf_quant.py) when `gguf_keep_quantized`
-    (None: on CUDA, where the kernels run; elsewhere the reference dequantizes at every call) and there is
+    (None: on CUDA, where the Triton kernels run, and on the CPU in bfloat16, where PyTorch's weight-only
+    CPU kernels run; a float32 CPU model is dequantized, exact against other float32 engines) and there is
     no `quantization` and no tensor parallelism; the rest is dequantized to `dtype`."""
     if load_format not in ("auto", "dummy"):
         raise ValueError(f"unknown load_format {load_format!r}; use 'auto' or 'dummy'")
     cls = get_model_class(config)
     if gguf_keep_quantized is None:
-        gguf_keep_quantized = torch.device(device).type == "cuda"
+        gguf_keep_quantized = torch.device(device).type == "cuda" or dtype == torch.bfloat16
     keep_gguf = (load_format == "auto" and Path(model_path).suffix == ".gguf" and gguf_keep_quantized
                  and quantization is None and get_tensor_model_parallel_world_size() == 1)
     with _default_dtype(dtype), torch.device(device), torch.no_grad():

@@ -26,7 +26,8 @@ from gguf import GGMLQuantizationType as T
 from torch import nn
 
 from fastdeploy.model_executor.layers.linear import Linear
-from fastdeploy.model_executor.ops.quant_matmul import BLOCK, quant_matmul
+from fastdeploy.model_executor.layers.quantization import apply_quantized
+from fastdeploy.model_executor.ops.quant_matmul import BLOCK
 
 # the checkpoint tensors of a kept layer, named `<module>.<suffix>`; the layer's parameters have the same names
 QWEIGHT, SCALE, MIN = "qweight", "weight_scale", "weight_min"
@@ -53,8 +54,7 @@ class GGUFQuantMethod:
         layer.quant_method = self
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        return quant_matmul(x, layer.qweight, layer.weight_scale, self.bits, layer.bias, self.group,
-                            layer.weight_min if self.has_min else None)
+        return apply_quantized(layer, x, self.bits, self.group, layer.weight_min if self.has_min else None)
 
 
 def _f16(b: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from fastdeploy.model_executor.layers.linear import Linear
-from fastdeploy.model_executor.ops.quant_matmul import METHODS, QUANTIZE, quant_matmul
+from fastdeploy.model_executor.ops.quant_matmul import (METHODS, QUANTIZE, cpu_packed_matmul, pack_for_cpu,
+                                                        quant_matmul)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,24 @@ class WeightOnlyQuantMethod:
         layer.quant_method = self
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        return quant_matmul(x, layer.qweight, layer.weight_scale, self.bits, layer.bias)
+        return apply_quantized(layer, x, self.bits)
+
+
+_UNPACKED = object()
+
+
+def apply_quantized(layer: Linear, x: torch.Tensor, bits: int, group: int = 0,
+                    mins: torch.Tensor | None = None) -> torch.Tensor:
+    """`quant_matmul` over a layer's quantized buffers. bf16 activations on the CPU go to PyTorch's
+    weight-only CPU kernels, through a copy of the weight in their layout made on first use."""
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        packed = layer.__dict__.get("cpu_packed", _UNPACKED)
+        if packed is _UNPACKED:
+            packed = layer.__dict__["cpu_packed"] = pack_for_cpu(layer.qweight, layer.weight_scale, bits,
+                                                                 layer.in_features, group, mins)
+        if packed is not None:
+            return cpu_packed_matmul(x, packed, layer.bias)
+    return quant_matmul(x, layer.qweight, layer.weight_scale, bits, layer.bias, group, mins)
 
 
 @torch.no_grad()

@@ -15,12 +15,16 @@ kernels step through K in whole blocks and never mask a weight load along K):
   `group` 0 means the wint8/wint4 formats above.
 
 The `*_ref` functions (dequantize, then matmul in PyTorch) are the CPU path and the kernels' test oracle;
-`quant_matmul` runs the Triton kernels (triton_quant_matmul.py) on CUDA tensors.
+`quant_matmul` runs the Triton kernels (triton_quant_matmul.py) on CUDA tensors. With bf16 activations on
+the CPU, `pack_for_cpu` / `cpu_packed_matmul` run PyTorch's own weight-only CPU kernels instead, which read
+the 4- or 8-bit weights directly (decode on a CPU is bound by the bytes of weight it reads).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from dataclasses import dataclass
 
 from fastdeploy.model_executor.ops import triton_kernels
 
@@ -100,3 +104,54 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
         return triton_kernels("triton_quant_matmul").quant_matmul(x, qweight, scale, bits, bias,
                                                                    group=group, mins=mins)
     return matmul_ref(x, qweight, scale, bits, bias, group, mins)
+
+
+@dataclass(frozen=True)
+class CpuPacked:
+    """A quantized weight in the layout of PyTorch's CPU weight-only kernels (which take bf16 activations):
+    int4 as `_weight_int4pack_mm_for_cpu` wants it (value = (n - 8) * scale + zero per group), or int8 with
+    per-channel scales for `_weight_int8pack_mm`."""
+    weight: torch.Tensor        # int4: packed uint8 [N, Kp / 2]; int8: [N, Kp]
+    scales: torch.Tensor        # int4: [Kp / group, N, 2] bf16 (scale, zero); int8: [N] bf16
+    group: int                  # int4 group size; 0 for int8
+    kp: int
+
+
+def pack_for_cpu(qweight: torch.Tensor, scale: torch.Tensor, bits: int, k: int, group: int = 0,
+                 mins: torch.Tensor | None = None) -> CpuPacked | None:
+    """The CPU kernels' form of a weight in any format above, cut to the K padding its groups need (`k`:
+    the real input size), so that activations mostly need none; None where no kernel fits (grouped int8,
+    i.e. GGUF Q8_0/Q6_K; int4 with N not a multiple of 16) or this PyTorch lacks them. Scales and zeros are
+    rounded to bf16."""
+    aten = torch.ops.aten
+    n = qweight.shape[0]
+    if bits == 8:
+        if group or not hasattr(aten, "_weight_int8pack_mm"):
+            return None
+        return CpuPacked(qweight[:, :k].contiguous(), scale.to(torch.bfloat16), 0, k)
+    if not hasattr(aten, "_weight_int4pack_mm_for_cpu") or n % 16:     # the kernel packs rows 16 at a time
+        return None
+    group = group or BLOCK
+    kg = -(-k // group) * group
+    packed = qweight.view(n, -1, BLOCK // 2)
+    nibbles = torch.cat([packed & 0xF, packed >> 4], dim=2).view(n, -1)[:, :kg].to(torch.int32)   # k order
+    s = scale[:, :kg // group].float()
+    # ours: s * (n - 8), or s * n - min; theirs: (n - 8) * scale + zero
+    zero = torch.zeros_like(s) if mins is None else 8 * s - mins[:, :kg // group].float()
+    scales = torch.stack([s.T, zero.T], dim=-1).to(torch.bfloat16).contiguous()
+    return CpuPacked(aten._convert_weight_to_int4pack_for_cpu(nibbles.contiguous(), 1), scales, group, kg)
+
+
+def cpu_packed_matmul(x: torch.Tensor, p: CpuPacked, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] (bf16, CPU) @ the packed weight's W.T (+ bias) -> [..., N]."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[1] < p.kp:
+        x2 = F.pad(x2, (0, p.kp - x2.shape[1]))
+    x2 = x2.contiguous()
+    if p.group:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, p.weight, p.group, p.scales)
+    else:
+        y = torch.ops.aten._weight_int8pack_mm(x2, p.weight, p.scales)
+    if bias is not None:
+        y = y + bias
+    return y.view(*x.shape[:-1], -1)
