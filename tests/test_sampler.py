@@ -258,3 +258,16 @@ def test_build_rejects_bad_input(kwargs):
                 ban_token_ids=[[0]], bad_words_token_ids=[[]], vocab_size=8, device="cpu")
     with pytest.raises(ValueError):
         SamplingMetadata.build(**{**args, **kwargs})
+
+
+def test_forced_token_is_the_only_choice():
+    """A forced row (the reasoning limit) takes its token, greedy or sampled, even at the lowest logit;
+    the raw-logit logprobs are untouched and other rows sample freely."""
+    logits = torch.tensor([[3.0, 1.0, -2.0, 0.5], [3.0, 1.0, -2.0, 0.5], [3.0, 1.0, -2.0, 0.5]])
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, seed=5, logprobs=1),
+              SamplingParams(temperature=0)]
+    meta = SamplingMetadata.build([p.resolved() for p in params], [[]] * 3, [[]] * 3, [[]] * 3, [[]] * 3, 4,
+                                  "cpu", forced_token_ids=[2, 2, None])
+    out = Sampler()(logits, meta)
+    assert out.token_ids.tolist() == [2, 2, 0]
+    assert out.logprobs.sampled_logprobs[1].item() == pytest.approx(torch.log_softmax(logits[1], -1)[2].item())

@@ -93,3 +93,35 @@ def test_cut_off_inside_thinking_is_all_reasoning(llm):
 def test_unknown_parser_lists_the_known_ones(ernie_model):
     with pytest.raises(ValueError, match="ernie-45-vl"):
         LLM(model=str(ernie_model), device="cpu", reasoning_parser="no-such-parser")
+
+
+# ---- reasoning_max_tokens -------------------------------------------------------------------------
+THOUGHTS = "the quick brown fox jumps over the lazy dog and runs"
+
+
+def test_reasoning_max_tokens_forces_the_end_of_thinking(llm):
+    """After reasoning_max_tokens output tokens the end-of-thinking ids are forced, one per step (here
+    `</think>` is several tokens), and the model then goes on; the split puts the first tokens in the
+    reasoning."""
+    script = llm.tokenizer.encode(THOUGHTS, add_special_tokens=False)
+    end = llm.llm_engine.think_end_ids
+    assert len(end) > 1
+    force_output(llm, script)
+    out = llm.chat(MESSAGES, SamplingParams(temperature=0, max_tokens=20, reasoning_max_tokens=3),
+                   use_tqdm=False)[0]
+    ids = out.outputs.token_ids
+    assert ids[:3] == script[:3] and ids[3:3 + len(end)] == end
+    assert ids[3 + len(end):] == script[3 + len(end):20]       # the script ran on under the forced steps
+    assert out.outputs.reasoning_content.strip() == llm.tokenizer.decode(script[:3])
+    assert out.outputs.text == llm.tokenizer.decode(ids, skip_special_tokens=True).split("</think>", 1)[1]
+
+
+@pytest.mark.parametrize("case", ["thinking ended within the limit", "thinking off"])
+def test_reasoning_max_tokens_leaves_other_outputs_alone(llm, case):
+    text = FORCED if case == "thinking ended within the limit" else THOUGHTS
+    script = llm.tokenizer.encode(text, add_special_tokens=False)
+    kwargs = {"enable_thinking": False} if case == "thinking off" else None
+    force_output(llm, script)
+    out = llm.chat(MESSAGES, SamplingParams(temperature=0, max_tokens=len(script), reasoning_max_tokens=len(script) - 2,
+                                            ignore_eos=True), use_tqdm=False, chat_template_kwargs=kwargs)[0]
+    assert out.outputs.token_ids == script

@@ -22,6 +22,7 @@ from fastdeploy.input.tokenizer import get_eos_token_ids, load_tokenizer
 from fastdeploy.model_executor.loader import load_config
 from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.reasoning import ReasoningParserManager
+from fastdeploy.reasoning.abs_reasoning_parsers import THINK_END
 from fastdeploy.utils.logger import get_logger
 from fastdeploy.utils.model_resolver import resolve_model
 from fastdeploy.worker.model_runner import LaunchedStep, ModelRunner, StepOutput
@@ -63,6 +64,10 @@ class LLMEngine:
                                    args.enable_chunked_prefill,
                                    prefill_block_limit=max(1, int(self.runner.num_blocks * args.kv_cache_ratio)))
         self.output_processor = OutputProcessor(self.tokenizer, args.max_model_len, reasoning_cls)
+        # what SamplingParams.reasoning_max_tokens forces once a thinking model has thought that long
+        self.think_end_ids = None
+        if reasoning_cls is not None and self.tokenizer is not None:
+            self.think_end_ids = self.tokenizer.encode(THINK_END, add_special_tokens=False)
         self._ids = itertools.count()
         # Async scheduling: each step is queued on the device and the previous one's tokens are processed
         # while it runs; the requests it samples for are scheduled on as if their tokens were known (the
@@ -84,9 +89,10 @@ class LLMEngine:
 
     # ---- requests -----------------------------------------------------------------------------
     def make_requests(self, prompt: str | None, prompt_token_ids: list[int] | None, params: SamplingParams,
-                      multimodal_data: dict | None = None) -> list[Request]:
+                      multimodal_data: dict | None = None, enable_thinking: bool = True) -> list[Request]:
         """Validates one prompt against the model and the cache and expands it into n requests.
-        With `multimodal_data` the processor tokenizes the prompt and expands its image/video markers."""
+        With `multimodal_data` the processor tokenizes the prompt and expands its image/video markers.
+        `reasoning_max_tokens` applies to thinking models (a reasoning parser is set) with thinking on."""
         mm_inputs = extra_keys = None
         if multimodal_data:
             if self.mm_processor is None:
@@ -128,6 +134,9 @@ class LLMEngine:
         stop_ids = frozenset(params.stop_token_ids or ())
         bad_words = self._bad_words_token_ids(params.bad_words)
         bad_words += [[t] for t in params.bad_words_token_ids or () if [t] not in bad_words]
+        reasoning_end_ids = None
+        if params.reasoning_max_tokens is not None and enable_thinking and self.think_end_ids:
+            reasoning_end_ids = self.think_end_ids
         requests = []
         for i in range(params.n):
             # each of the n samples draws its own random stream; wrapping keeps the seed in range
@@ -137,7 +146,7 @@ class LLMEngine:
                 request_id=str(next(self._ids)), prompt=prompt, prompt_token_ids=list(prompt_token_ids),
                 sampling_params=sample_params, max_tokens=max_tokens, eos_token_ids=self.eos_token_ids,
                 stop_token_ids=stop_ids, bad_words_token_ids=bad_words, index=i, extra_keys=extra_keys,
-                mm_inputs=mm_inputs))
+                mm_inputs=mm_inputs, reasoning_end_ids=reasoning_end_ids))
         return requests
 
     def _bad_words_token_ids(self, bad_words: list[str] | None) -> list[list[int]]:
@@ -237,6 +246,7 @@ class LLMEngine:
             try:
                 self.output_processor.append_token(req, out.token_ids[i],
                                                    out.logprobs[i] if out.logprobs else None)
+                self._check_thinking_ended(req)
             except Exception as e:     # one request's output failing must not lose the others
                 req.finish_reason = "error"
                 req.error_msg = f"output processing failed: {type(e).__name__}: {e}"
@@ -248,6 +258,13 @@ class LLMEngine:
                 finished.append(req)
         return finished
 
+
+    def _check_thinking_ended(self, req: Request) -> None:
+        """At reasoning_max_tokens output tokens: if the thinking already ended, nothing is to be forced
+        (checked on the text, as a tokenizer may split `</think>` differently in context)."""
+        if (req.reasoning_end_ids is not None and req.num_output_tokens == req.sampling_params.reasoning_max_tokens
+                and THINK_END in self.tokenizer.decode(req.output_token_ids, skip_special_tokens=False)):
+            req.reasoning_end_ids = None
 
 def _outside_vocab(ids: list[int], vocab: int) -> list:
     """The ids that are not ints in [0, vocab), checked by numpy (long prompts cost no per-id Python)."""

@@ -69,6 +69,8 @@ class Request:
     extra_keys: Any = None                            # e.g. image hashes, mixed into prefix-cache keys
     mm_inputs: Any = None                             # MultimodalInputs of an image/video prompt
     mm_encoded: Any = None                            # its vision-encoder output, kept across preemption
+    # the end-of-thinking token ids that sampling_params.reasoning_max_tokens forces, when it applies
+    reasoning_end_ids: list[int] | None = None
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] | None = None
     status: RequestStatus = RequestStatus.WAITING
@@ -112,7 +114,17 @@ class Request:
         multi-token bad words): then it cannot be scheduled while one of them is still on the device."""
         p = self.sampling_params
         return ((p.presence_penalty, p.frequency_penalty, p.repetition_penalty) != (0.0, 0.0, 1.0)
-                or any(len(word) > 1 for word in self.bad_words_token_ids))
+                or any(len(word) > 1 for word in self.bad_words_token_ids) or self.reasoning_end_ids is not None)
+
+    def forced_token(self) -> int | None:
+        """The token the reasoning limit forces next, if any: after reasoning_max_tokens output tokens,
+        the end-of-thinking ids one by one (the engine clears `reasoning_end_ids` when the thinking
+        ended within the limit)."""
+        ids = self.reasoning_end_ids
+        if ids is None:
+            return None
+        i = len(self.output_token_ids) + self.num_inflight - self.sampling_params.reasoning_max_tokens
+        return ids[i] if 0 <= i < len(ids) else None
 
     def tokens(self, start: int, end: int) -> list[int]:
         n = len(self.prompt_token_ids)

@@ -111,7 +111,7 @@ class LLM:
     def _run(self, prompts: list[tuple], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine
         # validate every prompt before any work starts, so a bad one never half-runs a batch
-        groups = [(engine.make_requests(text, ids, p, mm), thinking) for text, ids, p, thinking, mm in prompts]
+        groups = [(engine.make_requests(text, ids, p, mm, thinking), thinking) for text, ids, p, thinking, mm in prompts]
         requests = [r for reqs, _ in groups for r in reqs]
         thinking = {r.request_id: t for reqs, t in groups for r in reqs}
         outputs: dict[str, RequestOutput] = {}

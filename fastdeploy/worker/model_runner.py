@@ -305,7 +305,8 @@ class ModelRunner:
         return SamplingMetadata.build(
             [r.sampling_params for r in reqs], [r.prompt_token_ids for r in reqs],
             [r.output_token_ids for r in reqs], bans, [r.bad_words_token_ids for r in reqs],
-            self.vocab_size, self.device, num_inflight=[r.num_inflight for r in reqs])
+            self.vocab_size, self.device, num_inflight=[r.num_inflight for r in reqs],
+            forced_token_ids=[r.forced_token() for r in reqs])
 
 
 class PersistentBlockTables:

@@ -54,16 +54,19 @@ class SamplingMetadata:
     prompt_token_ids: torch.Tensor  # [B, Lp] int64; empty unless some row is penalised
     output_token_ids: torch.Tensor  # [B, Lo] int64; empty unless some row is penalised
     banned_token_ids: torch.Tensor  # [B, Lb] int64: min_tokens and bad-word bans for this step
+    forced_token_ids: torch.Tensor  # [B] int64: the only token row b may take this step; -1: free
     max_num_logprobs: int | None  # top logprobs to return (max over rows); None: no logprobs
     all_greedy: bool
     apply_penalties: bool
     apply_filters: bool  # some sampled row uses top-k, top-p or min-p
+    any_forced: bool
 
     @classmethod
     def build(cls, params: list[SamplingParams], prompt_token_ids: list[list[int]],
               output_token_ids: list[list[int]], ban_token_ids: list[list[int]],
               bad_words_token_ids: list[list[list[int]]], vocab_size: int,
-              device: torch.device | str, num_inflight: list[int] | None = None) -> SamplingMetadata:
+              device: torch.device | str, num_inflight: list[int] | None = None,
+              forced_token_ids: list[int | None] | None = None) -> SamplingMetadata:
         """Gathers the batch's state into tensors. `params` must be `resolved()`.
 
         `ban_token_ids[b]` (eos and stop ids) is banned while row b's output is shorter than
@@ -71,6 +74,8 @@ class SamplingMetadata:
         is banned when the output ends with the rest (always, for a single token).
         `num_inflight[b]` output tokens of row b are sampled but not in `output_token_ids` yet (async
         scheduling): they count towards the output length; their values are not needed.
+        `forced_token_ids[b]`, when not None, is the one token row b may take (the reasoning limit's
+        end of thinking), whatever its logits.
         """
         rows = len(params)
         if not rows:
@@ -97,14 +102,16 @@ class SamplingMetadata:
         # must not grow by a copy per field.
         # (numpy builds them from nested lists several times faster than torch.tensor)
         floats = torch.from_numpy(np.array([r.floats for r in per_row], dtype=np.float32))
-        ints = torch.from_numpy(np.array([(r.top_k, r.seed, n) for r, n in zip(per_row, num_output)], dtype=np.int64))
+        forced = [-1 if t is None else t for t in forced_token_ids or [None] * rows]
+        ints = torch.from_numpy(np.array([(r.top_k, r.seed, n, f) for r, n, f in zip(per_row, num_output, forced)],
+                                         dtype=np.int64))
         floats, ints = to_device(floats, device), to_device(ints, device)
         # Penalties need the token history; without them it is not worth the copy to the device.
         no_history = [[] for _ in params]
         return cls(
             temperature=floats[:, 0], top_p=floats[:, 1], min_p=floats[:, 2], presence_penalty=floats[:, 3],
             frequency_penalty=floats[:, 4], repetition_penalty=floats[:, 5], greedy=floats[:, 6] > 0.5,
-            top_k=ints[:, 0], seeds=ints[:, 1], steps=ints[:, 2],
+            top_k=ints[:, 0], seeds=ints[:, 1], steps=ints[:, 2], forced_token_ids=ints[:, 3],
             prompt_token_ids=_padded("prompt_token_ids",
                                      prompt_token_ids if apply_penalties else no_history,
                                      vocab_size, device),
@@ -116,6 +123,7 @@ class SamplingMetadata:
             all_greedy=all(greedy),
             apply_penalties=apply_penalties,
             apply_filters=apply_filters,
+            any_forced=any(f >= 0 for f in forced),
         )
 
 @dataclass(frozen=True)
@@ -201,7 +209,7 @@ class Sampler(nn.Module):
 
     @staticmethod
     def process_logits(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-        """Steps 2-3: penalties and bans, out of place."""
+        """Steps 2-3: penalties, bans and forced tokens, out of place."""
         vocab_size = logits.shape[-1]
         if meta.apply_penalties:
             counts = _token_counts(meta.output_token_ids, vocab_size)
@@ -213,6 +221,10 @@ class Sampler(nn.Module):
         if meta.banned_token_ids.shape[1]:
             banned = _token_counts(meta.banned_token_ids, vocab_size) > 0
             logits = logits.masked_fill(banned, float("-inf"))
+        if meta.any_forced:
+            forced = meta.forced_token_ids[:, None]
+            others = torch.arange(vocab_size, device=logits.device)[None, :] != forced
+            logits = logits.masked_fill((forced >= 0) & others, float("-inf"))
         return logits
 
     def compute_probs(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
