@@ -177,7 +177,7 @@ class ModelRunner:
 
     # ---- one step -----------------------------------------------------------------------------
     def _prepare(self, scheduled: list[ScheduledRequest], prev: LaunchedStep | None = None) -> StepInputs:
-        """The step's flat batch as host tensors (one copy each to the device later). A request whose
+        """The step's flat batch as host tensors (one copy for all of them to the device later). A request whose
         last token `prev` sampled gets a placeholder, filled on the device from `prev.token_ids`.
         Positions and slots are computed by numpy over the whole batch: a decode step of hundreds of
         requests must not cost Python work per token."""
