@@ -32,7 +32,7 @@ class WeightOnlyQuantMethod:
         return apply_quantized(layer, x, self.bits)
 
 
-_UNPACKED = object()
+_UNPACKED = object()       # layer.cpu_packed not made yet (None: made, and no CPU kernel fits)
 
 
 def apply_quantized(layer: Linear, x: torch.Tensor, bits: int, group: int = 0,
@@ -40,6 +40,7 @@ def apply_quantized(layer: Linear, x: torch.Tensor, bits: int, group: int = 0,
     """`quant_matmul` over a layer's quantized buffers. bf16 activations on the CPU go to PyTorch's
     weight-only CPU kernels, through a copy of the weight in their layout made on first use."""
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        # a plain attribute, not a buffer: derived from the buffers, never saved or moved with them
         packed = layer.__dict__.get("cpu_packed", _UNPACKED)
         if packed is _UNPACKED:
             packed = layer.__dict__["cpu_packed"] = pack_for_cpu(layer.qweight, layer.weight_scale, bits,
