@@ -14,12 +14,7 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """
     if torch.device(device).type != "cuda":
         return t.to(device)
-    return pinned(t).to(device, non_blocking=True)
-
-
-def pinned(t: torch.Tensor) -> torch.Tensor:
-    """A source for a non-blocking `copy_` to the GPU (see `to_device`): `t` itself if it is on the GPU."""
-    return t if t.is_cuda else t.pin_memory()
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class PinnedStaging:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from fastdeploy.model_executor.layers.attention import AttentionMetadata
-from fastdeploy.utils.tensors import pinned
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -62,15 +61,14 @@ class DecodeGraphs:
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
             seq_lens: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-        """Inputs are the real rows' (host tensors, or on the device); returns their logits (a view into
-        the graph's output)."""
+        """Inputs are the real rows', on the device; returns their logits (a view into the graph's output)."""
         n = input_ids.shape[0]
         size = next(s for s in self.sizes if s >= n)
-        self.input_ids[:n].copy_(pinned(input_ids), non_blocking=True)
-        self.positions[:n].copy_(pinned(positions), non_blocking=True)
-        self.slot_mapping[:n].copy_(pinned(slot_mapping), non_blocking=True)
-        self.seq_lens[:n].copy_(pinned(seq_lens), non_blocking=True)
-        self.block_tables[:n, :block_tables.shape[1]].copy_(pinned(block_tables), non_blocking=True)
+        self.input_ids[:n].copy_(input_ids)
+        self.positions[:n].copy_(positions)
+        self.slot_mapping[:n].copy_(slot_mapping)
+        self.seq_lens[:n].copy_(seq_lens)
+        self.block_tables[:n, :block_tables.shape[1]].copy_(block_tables)
         if size > n:                            # padding rows: no KV write, empty context
             self.slot_mapping[n:size].fill_(-1)
             self.seq_lens[n:size].zero_()
