@@ -6,7 +6,7 @@ the Llama-3-8B shapes of quant_kernels.py.
     python benchmarks/gguf_kernels.py --sweep          # also GEMV launch configs at M=1 (gate/up shape)
     python benchmarks/gguf_kernels.py --e2e FILE.gguf  # greedy chat, weights kept quantized vs dequantized at load
 
-Weights are random llama.cpp blocks (tests/test_gguf_quant.py's `random_blocks`), repacked as at load. `err` is
+Weights are random llama.cpp blocks (tests/tiny_models.py's `random_blocks`), repacked as at load. `err` is
 against the fp32 dequantized weight times fp32 activations, relative (|a - b| / (1 + |ref|)); `float_err` the
 same for bf16 F.linear on the dequantized weight rounded to bf16 (the model dequantized at load). A check
 passes if err <= max(2e-2, 1.25 float_err): the GEMM rounds each dequantized weight to bf16 for the tensor
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from gguf import GGMLQuantizationType as T  # noqa: E402
 from quant_kernels import PER_LAYER, SHAPES, bench, bench_graph, copies, maxerr  # noqa: E402
-from test_gguf_quant import random_blocks  # noqa: E402
+from tiny_models import random_blocks  # noqa: E402
 
 from fastdeploy.model_executor.layers import gguf_quant as gq  # noqa: E402
 from fastdeploy.model_executor.ops import quant_matmul as qm  # noqa: E402

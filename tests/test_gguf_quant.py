@@ -20,30 +20,9 @@ from fastdeploy.model_executor.layers.quantization import WeightOnlyQuantMethod 
 from fastdeploy.model_executor.loader import get_model, load_config  # noqa: E402
 from fastdeploy.model_executor.ops import quant_matmul as qm  # noqa: E402
 from fastdeploy.utils.model_resolver import resolve_model  # noqa: E402
-from tiny_models import prefill_logits  # noqa: E402
+from tiny_models import prefill_logits, random_blocks  # noqa: E402
 
 QTYPES = list(gq.TYPES)
-# byte offsets of each block's fp16 fields (d; Q4_1's m, the K-quants' dmin) and their typical size, so that
-# weights come out ~0.1 whatever the random integers in the rest of the block
-F16_FIELDS = {T.Q8_0: {0: 1e-3}, T.Q4_0: {0: 1e-2}, T.Q4_1: {0: 1e-2, 2: 5e-2}, T.Q4_K: {0: 1e-4, 2: 1e-4},
-              T.Q6_K: {208: 2e-5}}
-
-
-def random_blocks(qtype, n: int, k: int, rng: np.random.Generator, exact: bool = False) -> np.ndarray:
-    """uint8 [n, row bytes]: random bytes, with the fp16 fields random finite values of sensible size.
-    `exact`: fields with at most 4 significant bits, so that the K-quants' products d * sc and dmin * m
-    (sc, m below 2^7) are exact in fp16 and the repacked format matches gguf bit for bit."""
-    t = gq.TYPES[qtype]
-    b = rng.integers(0, 256, size=(n, k // t.block, t.block_bytes), dtype=np.uint8)
-    for offset, size in F16_FIELDS[qtype].items():
-        v = rng.uniform(-size, size, size=(n, k // t.block, 1))
-        if exact:
-            e = np.floor(np.log2(np.abs(v))) - 3
-            v = np.round(v / 2 ** e) * 2 ** e
-        b[..., offset:offset + 2] = v.astype(np.float16).view(np.uint8)
-    return b.reshape(n, -1)
-
-
 def dequantize(packed: dict, qtype, k: int) -> torch.Tensor:
     m = gq.TYPES[qtype].method
     return qm.dequantize(packed["qweight"], packed["weight_scale"], m.bits, k, torch.float32, m.group,
@@ -104,10 +83,7 @@ def test_repack_layout_by_hand():
 triton = pytest.importorskip("triton")
 from fastdeploy.model_executor.ops import triton_quant_matmul as tq  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRET else "cuda"
-KERNEL_DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
-KERNEL_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+from test_quantization import DEVICE, KERNEL_DTYPES, KERNEL_TOL  # noqa: E402  (the wint kernels' test settings)
 
 
 def _kernel_case(qtype, m, n, k, dtype, bias, seed):

@@ -130,7 +130,7 @@ def _cpu_formats():
     from gguf import GGMLQuantizationType as T
     import numpy as np
     from fastdeploy.model_executor.layers import gguf_quant as gq
-    from test_gguf_quant import random_blocks
+    from tiny_models import random_blocks
 
     w = torch.randn(48, 576, generator=torch.Generator().manual_seed(0)) * 0.1
     out = [("wint8", 576, *qm.quantize_int8(w), 8, 0, None), ("wint4", 576, *qm.quantize_int4(w), 4, 0, None)]

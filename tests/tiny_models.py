@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import gguf
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -43,15 +44,19 @@ def tiny_config(arch: str, **overrides):
     return cfg
 
 
+@torch.no_grad()
+def _randomize(model) -> None:
+    """Every parameter random, norms and biases too, so a misplaced one shows in the logits."""
+    for name, p in model.named_parameters():
+        p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.1)
+
+
 def make_tiny_model(arch: str, path, seed: int = 0, **config_overrides) -> Path:
     """Write a tiny random HF checkpoint (config.json + model.safetensors) of `arch` to `path`."""
     path = Path(path)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, **config_overrides))
-    with torch.no_grad():
-        # random norms and biases too, so a misplaced one shows in the logits
-        for name, p in model.named_parameters():
-            p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.1)
+    _randomize(model)
     model.save_pretrained(path)
     return path
 
@@ -168,9 +173,7 @@ def make_tiny_moe_model(path, seed: int = 0, **config_overrides) -> Path:
     path = Path(path)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_moe_config(**config_overrides))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.1)
+    _randomize(model)
     model.save_pretrained(path)
     return path
 
@@ -256,9 +259,7 @@ def make_tiny_vl_model(path, seed: int = 0, **config_overrides) -> Path:
     path = Path(path)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(tiny_vl_config(**config_overrides))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.1)
+    _randomize(model)
     model.save_pretrained(path)
     make_tiny_vl_tokenizer().save_pretrained(path)
     image = dict(size={"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 6}, patch_size=14, merge_size=2,
@@ -287,3 +288,29 @@ def prefill_logits(model, ids: list[int], block_size: int = 16) -> torch.Tensor:
         max_query_len=n, max_seq_len=n, query_lens_cpu=[n], seq_lens_cpu=[n])
     with torch.no_grad():
         return model.compute_logits(model(torch.tensor(ids), torch.arange(n), md))
+
+
+# -------------------------------------------------------------------- llama.cpp quantized blocks (GGUF)
+
+# byte offsets of each block's fp16 fields (d; Q4_1's m, the K-quants' dmin) and their typical size, so that
+# weights come out ~0.1 whatever the random integers in the rest of the block
+T = gguf.GGMLQuantizationType
+F16_FIELDS = {T.Q8_0: {0: 1e-3}, T.Q4_0: {0: 1e-2}, T.Q4_1: {0: 1e-2, 2: 5e-2}, T.Q4_K: {0: 1e-4, 2: 1e-4},
+              T.Q6_K: {208: 2e-5}}
+
+
+def random_blocks(qtype, n: int, k: int, rng: np.random.Generator, exact: bool = False) -> np.ndarray:
+    """uint8 [n, row bytes]: random bytes, with the fp16 fields random finite values of sensible size.
+    `exact`: fields with at most 4 significant bits, so that the K-quants' products d * sc and dmin * m
+    (sc, m below 2^7) are exact in fp16 and the repacked format matches gguf bit for bit."""
+    from fastdeploy.model_executor.layers import gguf_quant as gq
+
+    t = gq.TYPES[qtype]
+    b = rng.integers(0, 256, size=(n, k // t.block, t.block_bytes), dtype=np.uint8)
+    for offset, size in F16_FIELDS[qtype].items():
+        v = rng.uniform(-size, size, size=(n, k // t.block, 1))
+        if exact:
+            e = np.floor(np.log2(np.abs(v))) - 3
+            v = np.round(v / 2 ** e) * 2 ** e
+        b[..., offset:offset + 2] = v.astype(np.float16).view(np.uint8)
+    return b.reshape(n, -1)
