@@ -222,22 +222,19 @@ def _gemm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, M, N, K, num_blocks,
         k_lo = blk * (2 * HALF) + offs_j[None, :]
         x_lo = tl.load(x_rows + k_lo, mask=m_mask[:, None] & (k_lo < K), other=0.0)
         x_hi = tl.load(x_rows + k_lo + HALF, mask=m_mask[:, None] & (k_lo + HALF < K), other=0.0)
+        # int4 with a min reads the nibble unsigned; the other int4 formats are nibble - 8
+        w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF,
+                                  0.0 if HAS_MIN else 8.0)
         if GROUP > 0:
             SUB: tl.constexpr = HALF // GROUP
-            w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF,
-                                      0.0 if HAS_MIN else 8.0)
             w_lo = _dequant_half(w_lo, s_ptr, m_ptr, rows, blk * (2 * SUB), stride_sn, SUB, GROUP, HAS_MIN)
             w_hi = _dequant_half(w_hi, s_ptr, m_ptr, rows, blk * (2 * SUB) + SUB, stride_sn, SUB, GROUP, HAS_MIN)
-            acc = tl.dot(x_lo, w_lo.to(dt), acc, input_precision=DOT_PRECISION)
-            acc = tl.dot(x_hi, w_hi.to(dt), acc, input_precision=DOT_PRECISION)
-        elif BITS == 4:
-            w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF)
+        if BITS == 4 and GROUP == 0:        # wint4: the block's scale goes on the fp32 partial sums
             part = tl.dot(x_lo, w_lo.to(dt), input_precision=DOT_PRECISION)
             part = tl.dot(x_hi, w_hi.to(dt), part, input_precision=DOT_PRECISION)
             s = tl.load(s_ptr + rows * stride_sn + blk).to(tl.float32)
             acc += part * s
         else:
-            w_lo, w_hi = _load_halves(w_ptr, rows, blk, offs_j[:, None], stride_wn, BITS, HALF)
             acc = tl.dot(x_lo, w_lo.to(dt), acc, input_precision=DOT_PRECISION)
             acc = tl.dot(x_hi, w_hi.to(dt), acc, input_precision=DOT_PRECISION)
     if BITS == 8 and GROUP == 0:
