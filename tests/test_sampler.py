@@ -154,6 +154,23 @@ def test_greedy_is_argmax_of_processed_logits():
     assert torch.equal(tokens, logits.masked_fill(torch.arange(50) == 7, -math.inf).argmax(-1))
 
 
+def test_argmax_only_batches_build_no_tensors():
+    """A batch of plain greedy rows needs nothing on the device; logprobs (even 0), a ban in force, a penalty
+    or a sampled row each bring the full metadata back."""
+    logits = [LOGITS] * 2
+    greedy = SamplingParams(temperature=0)
+    meta = build(greedy, logits)
+    assert meta.all_greedy and meta.temperature is None and meta.banned_token_ids is None
+    argmax = max(range(len(LOGITS)), key=LOGITS.__getitem__)
+    assert Sampler()(torch.tensor(logits), meta).token_ids.tolist() == [argmax] * 2
+    for params, extra in [(SamplingParams(temperature=0, logprobs=0), {}),
+                          (SamplingParams(temperature=0, min_tokens=5), {"ban": [0]}),
+                          (SamplingParams(temperature=0, repetition_penalty=1.5), {}),
+                          ([greedy, SamplingParams(temperature=0.7)], {})]:
+        meta = build(params, logits, **extra)
+        assert meta.temperature is not None, params
+
+
 def test_same_seed_repeats_exactly():
     logits = torch.zeros(256, 10)  # uniform: every draw is pure noise
     meta = build([SamplingParams(seed=s) for s in range(256)], logits.tolist())

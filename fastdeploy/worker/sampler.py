@@ -14,6 +14,7 @@ else is in the batch, and on CPU or GPU alike. Nothing here syncs with the host 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -38,7 +39,9 @@ class SamplingMetadata:
 
     Token-id tensors are padded with `vocab_size`, an id that lands in a scratch column
     and is dropped (see `_token_counts`). The plain Python fields are known on the host,
-    so branching on them costs no device sync.
+    so branching on them costs no device sync. In a batch that only takes argmaxes (every row
+    greedy, nothing penalised, banned or forced, no logprobs) the tensors are None: such a step
+    copies nothing to the device for sampling.
     """
 
     temperature: torch.Tensor  # [B] float32, 1.0 on greedy rows
@@ -59,7 +62,13 @@ class SamplingMetadata:
     all_greedy: bool
     apply_penalties: bool
     apply_filters: bool  # some sampled row uses top-k, top-p or min-p
+    any_banned: bool
     any_forced: bool
+
+    @classmethod
+    def argmax_only(cls) -> SamplingMetadata:
+        return cls(**dict.fromkeys(_TENSOR_FIELDS), max_num_logprobs=None, all_greedy=True,
+                   apply_penalties=False, apply_filters=False, any_banned=False, any_forced=False)
 
     @classmethod
     def build(cls, params: list[SamplingParams], prompt_token_ids: list[list[int]],
@@ -98,11 +107,14 @@ class SamplingMetadata:
         else:
             max_num_logprobs = vocab_size if -1 in requested else min(max(requested), vocab_size)
 
+        forced = [-1 if t is None else t for t in forced_token_ids or [None] * rows]
+        any_banned, any_forced = any(banned), any(f >= 0 for f in forced)
+        if all(greedy) and not (apply_penalties or any_banned or any_forced) and max_num_logprobs is None:
+            return cls.argmax_only()
         # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
         # must not grow by a copy per field.
         # (numpy builds them from nested lists several times faster than torch.tensor)
         floats = torch.from_numpy(np.array([r.floats for r in per_row], dtype=np.float32))
-        forced = [-1 if t is None else t for t in forced_token_ids or [None] * rows]
         ints = torch.from_numpy(np.array([(r.top_k, r.seed, n, f) for r, n, f in zip(per_row, num_output, forced)],
                                          dtype=np.int64))
         floats, ints = to_device(floats, device), to_device(ints, device)
@@ -123,8 +135,12 @@ class SamplingMetadata:
             all_greedy=all(greedy),
             apply_penalties=apply_penalties,
             apply_filters=apply_filters,
-            any_forced=any(f >= 0 for f in forced),
+            any_banned=any_banned,
+            any_forced=any_forced,
         )
+
+_TENSOR_FIELDS = [f.name for f in dataclasses.fields(SamplingMetadata) if f.type == "torch.Tensor"]
+
 
 @dataclass(frozen=True)
 class _Row:
@@ -218,7 +234,7 @@ class Sampler(nn.Module):
             logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
             logits = (logits - counts * meta.frequency_penalty[:, None]
                       - (counts > 0) * meta.presence_penalty[:, None])
-        if meta.banned_token_ids.shape[1]:
+        if meta.any_banned:
             banned = _token_counts(meta.banned_token_ids, vocab_size) > 0
             logits = logits.masked_fill(banned, float("-inf"))
         if meta.any_forced:
@@ -231,6 +247,8 @@ class Sampler(nn.Module):
         """The distribution each row samples from: one-hot on the argmax for greedy rows."""
         logits = self.process_logits(logits.float(), meta)
         one_hot = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
+        if meta.all_greedy:
+            return one_hot
         logits = logits / meta.temperature[:, None]
         if meta.apply_filters:
             logits = _filter(logits, meta)
