@@ -15,14 +15,11 @@ from fastdeploy.engine.block_manager import BlockManager
 from fastdeploy.engine.request import Request, RequestStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledRequest:
     request: Request
     num_new_tokens: int
-    samples: bool = field(init=False)   # the step reaches the end of the request's tokens: its logits give a token
-
-    def __post_init__(self):
-        self.samples = self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens_with_inflight
+    samples: bool       # the step reaches the end of the request's tokens: its logits give a token
 
 
 @dataclass
@@ -66,7 +63,8 @@ class Scheduler:
                 continue
             if req.num_output_tokens + req.num_inflight >= req.max_tokens:
                 continue        # its last token is on the device: done once that arrives
-            num_new = req.num_tokens_with_inflight - req.num_computed_tokens
+            num_tokens = req.num_tokens_with_inflight
+            num_new = num_tokens - req.num_computed_tokens
             if num_new > budget and not self.enable_chunked_prefill:
                 continue
             num_new = min(num_new, budget)
@@ -78,7 +76,7 @@ class Scheduler:
                     break
             if req.status != RequestStatus.RUNNING:
                 continue
-            out.scheduled.append(ScheduledRequest(req, num_new))
+            out.scheduled.append(ScheduledRequest(req, num_new, req.num_computed_tokens + num_new == num_tokens))
             budget -= num_new
 
         if out.preempted:        # memory is tight: admitting more would only preempt again
@@ -102,7 +100,8 @@ class Scheduler:
                 req.num_cached_tokens = len(cached) * self.block_manager.block_size
             req.status = RequestStatus.RUNNING
             self.running.append(req)
-            out.scheduled.append(ScheduledRequest(req, num_new))
+            samples = req.num_computed_tokens + num_new == req.num_tokens_with_inflight
+            out.scheduled.append(ScheduledRequest(req, num_new, samples))
             budget -= num_new
         return out
 
@@ -117,9 +116,12 @@ class Scheduler:
     def update_after_step(self, scheduled: list[ScheduledRequest]) -> None:
         """Advances computed-token counts once the step's forward has run (before new tokens are
         appended), and registers the blocks it filled with the prefix cache."""
+        caching, bs = self.block_manager.enable_prefix_caching, self.block_manager.block_size
         for s in scheduled:
-            s.request.num_computed_tokens += s.num_new_tokens
-            self.block_manager.cache_full_blocks(s.request)
+            req = s.request
+            req.num_computed_tokens += s.num_new_tokens
+            if caching and req.num_computed_tokens >= (len(req.block_hashes) + 1) * bs:   # a block may be full
+                self.block_manager.cache_full_blocks(req)
 
     def finish(self, req: Request) -> None:
         req.status = RequestStatus.FINISHED
