@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fastdeploy.engine.request import Request
 from fastdeploy.engine.sampling_params import SamplingParams
 from fastdeploy.worker.sampler import Sampler, SamplingMetadata, hash_uniform
 
@@ -154,21 +155,28 @@ def test_greedy_is_argmax_of_processed_logits():
     assert torch.equal(tokens, logits.masked_fill(torch.arange(50) == 7, -math.inf).argmax(-1))
 
 
-def test_argmax_only_batches_build_no_tensors():
-    """A batch of plain greedy rows needs nothing on the device; logprobs (even 0), a ban in force, a penalty
-    or a sampled row each bring the full metadata back."""
-    logits = [LOGITS] * 2
-    greedy = SamplingParams(temperature=0)
-    meta = build(greedy, logits)
-    assert meta.all_greedy and meta.temperature is None and meta.banned_token_ids is None
-    argmax = max(range(len(LOGITS)), key=LOGITS.__getitem__)
-    assert Sampler()(torch.tensor(logits), meta).token_ids.tolist() == [argmax] * 2
-    for params, extra in [(SamplingParams(temperature=0, logprobs=0), {}),
-                          (SamplingParams(temperature=0, min_tokens=5), {"ban": [0]}),
-                          (SamplingParams(temperature=0, repetition_penalty=1.5), {}),
-                          ([greedy, SamplingParams(temperature=0.7)], {})]:
-        meta = build(params, logits, **extra)
-        assert meta.temperature is not None, params
+def test_argmax_only_metadata_takes_the_argmax():
+    logits = torch.tensor([LOGITS, LOGITS[::-1]])
+    meta = SamplingMetadata.argmax_only()
+    assert Sampler()(logits, meta).token_ids.tolist() == logits.argmax(dim=-1).tolist()
+    assert torch.equal(Sampler().compute_probs(logits, meta),
+                       torch.nn.functional.one_hot(logits.argmax(dim=-1), len(LOGITS)).float())
+
+
+@pytest.mark.parametrize("params, extra, expected", [
+    (dict(temperature=0), {}, True),
+    (dict(temperature=0.7, top_k=1), {}, True),
+    (dict(temperature=0.7), {}, False),
+    (dict(temperature=0, logprobs=0), {}, False),
+    (dict(temperature=0, repetition_penalty=1.5), {}, False),
+    (dict(temperature=0), dict(bad_words_token_ids=[[5]]), False),
+    (dict(temperature=0, reasoning_max_tokens=4), dict(reasoning_end_ids=[7]), False),
+])
+def test_which_requests_take_the_argmax(params, extra, expected):
+    """The model runner skips building sampling tensors for batches of these requests (once their min_tokens
+    are out); anything that reads more than the raw argmax must keep them."""
+    req = Request("0", None, [1, 2], SamplingParams(**params).resolved(), max_tokens=8, **extra)
+    assert req.argmax_only is expected
 
 
 def test_same_seed_repeats_exactly():

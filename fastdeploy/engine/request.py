@@ -112,9 +112,16 @@ class Request:
     def needs_output_history(self) -> bool:
         """Whether sampling this request's next token reads its earlier output tokens' values (penalties,
         multi-token bad words): then it cannot be scheduled while one of them is still on the device."""
+        return (self.sampling_params.has_penalties or any(len(word) > 1 for word in self.bad_words_token_ids)
+                or self.reasoning_end_ids is not None)
+
+    @functools.cached_property
+    def argmax_only(self) -> bool:
+        """Whether the request's tokens are the raw logits' argmax once min_tokens are out: greedy, with no
+        penalty, bad word, forced token or logprobs. (A reasoning limit cleared later keeps it False.)"""
         p = self.sampling_params
-        return ((p.presence_penalty, p.frequency_penalty, p.repetition_penalty) != (0.0, 0.0, 1.0)
-                or any(len(word) > 1 for word in self.bad_words_token_ids) or self.reasoning_end_ids is not None)
+        return (p.is_greedy and not p.has_penalties and p.logprobs is None and not self.bad_words_token_ids
+                and self.reasoning_end_ids is None)
 
     def forced_token(self) -> int | None:
         """The token the reasoning limit forces next, if any: after reasoning_max_tokens output tokens,

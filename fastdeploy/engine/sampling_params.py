@@ -13,6 +13,9 @@ MAX_SEED = 922337203685477580
 # FastDeploy caps top logprobs at 20; -1 asks for the whole vocabulary.
 MAX_LOGPROBS = 20
 
+# Temperatures below this are greedy (dividing by them overflows float32), as in vLLM.
+GREEDY_TEMPERATURE = 1e-5
+
 # Values used for the optional fields when neither the request nor the model's
 # generation_config.json sets them: plain sampling from the model's distribution.
 NEUTRAL_DEFAULTS = {
@@ -108,6 +111,16 @@ class SamplingParams:
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}.")
+
+    @property
+    def is_greedy(self) -> bool:
+        """Whether the request takes the most likely token (of resolved params)."""
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1 or self.top_p == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        """Whether any penalty (of resolved params) changes the logits."""
+        return (self.presence_penalty, self.frequency_penalty, self.repetition_penalty) != (0.0, 0.0, 1.0)
 
     def resolved(self, generation_config: dict[str, Any] | None = None) -> SamplingParams:
         """A copy with unset temperature/top_p/penalties taken from the model's

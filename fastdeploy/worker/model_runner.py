@@ -299,6 +299,9 @@ class ModelRunner:
         return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
 
     def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
+        # checked first, in one cheap pass: the common greedy batch needs nothing built per row
+        if all(r.argmax_only and r.num_output_tokens + r.num_inflight >= r.sampling_params.min_tokens for r in reqs):
+            return SamplingMetadata.argmax_only()
         # eos and stop ids are banned until min_tokens are out
         bans = [r.min_tokens_ban_ids if r.num_output_tokens + r.num_inflight < r.sampling_params.min_tokens else []
                 for r in reqs]

@@ -27,9 +27,6 @@ from torch.nn.utils.rnn import pad_sequence
 from fastdeploy.engine.sampling_params import NEUTRAL_DEFAULTS, SamplingParams
 from fastdeploy.utils.tensors import to_device
 
-# Temperatures below this are greedy (dividing by them overflows float32), as in vLLM.
-GREEDY_TEMPERATURE = 1e-5
-
 _MASK32 = 0xFFFFFFFF
 
 
@@ -39,9 +36,9 @@ class SamplingMetadata:
 
     Token-id tensors are padded with `vocab_size`, an id that lands in a scratch column
     and is dropped (see `_token_counts`). The plain Python fields are known on the host,
-    so branching on them costs no device sync. In a batch that only takes argmaxes (every row
-    greedy, nothing penalised, banned or forced, no logprobs) the tensors are None: such a step
-    copies nothing to the device for sampling.
+    so branching on them costs no device sync. `argmax_only()` is the metadata of a batch that only
+    takes argmaxes (every row greedy, nothing penalised, banned or forced, no logprobs): its tensors
+    are None, and such a step copies nothing to the device for sampling.
     """
 
     temperature: torch.Tensor  # [B] float32, 1.0 on greedy rows
@@ -108,9 +105,6 @@ class SamplingMetadata:
             max_num_logprobs = vocab_size if -1 in requested else min(max(requested), vocab_size)
 
         forced = [-1 if t is None else t for t in forced_token_ids or [None] * rows]
-        any_banned, any_forced = any(banned), any(f >= 0 for f in forced)
-        if all(greedy) and not (apply_penalties or any_banned or any_forced) and max_num_logprobs is None:
-            return cls.argmax_only()
         # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
         # must not grow by a copy per field.
         # (numpy builds them from nested lists several times faster than torch.tensor)
@@ -135,8 +129,8 @@ class SamplingMetadata:
             all_greedy=all(greedy),
             apply_penalties=apply_penalties,
             apply_filters=apply_filters,
-            any_banned=any_banned,
-            any_forced=any_forced,
+            any_banned=any(banned),
+            any_forced=any(f >= 0 for f in forced),
         )
 
 _TENSOR_FIELDS = [f.name for f in dataclasses.fields(SamplingMetadata) if f.type == "torch.Tensor"]
@@ -160,11 +154,11 @@ def _row(params: SamplingParams, vocab_size: int) -> _Row:
         if any(getattr(params, f) is None for f in NEUTRAL_DEFAULTS):
             raise ValueError(f"SamplingMetadata.build needs resolved SamplingParams, got {params}")
         p = params
-        greedy = p.temperature < GREEDY_TEMPERATURE or p.top_k == 1 or p.top_p == 0.0
+        greedy = p.is_greedy
         row = _Row(floats=(1.0 if greedy else p.temperature, p.top_p, p.min_p, p.presence_penalty,
                            p.frequency_penalty, p.repetition_penalty, float(greedy)),
                    top_k=p.top_k if p.top_k > 0 else vocab_size, seed=p.seed, greedy=greedy,
-                   penalized=(p.presence_penalty, p.frequency_penalty, p.repetition_penalty) != (0.0, 0.0, 1.0),
+                   penalized=p.has_penalties,
                    filtered=not greedy and (p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0))
         params.__dict__["_sampler_row"] = row
     return row
