@@ -246,7 +246,8 @@ class LLMEngine:
             try:
                 self.output_processor.append_token(req, out.token_ids[i],
                                                    out.logprobs[i] if out.logprobs else None)
-                self._check_thinking_ended(req)
+                if req.reasoning_end_ids is not None:
+                    self._check_thinking_ended(req)
             except Exception as e:     # one request's output failing must not lose the others
                 req.finish_reason = "error"
                 req.error_msg = f"output processing failed: {type(e).__name__}: {e}"
@@ -260,11 +261,13 @@ class LLMEngine:
 
 
     def _check_thinking_ended(self, req: Request) -> None:
-        """At reasoning_max_tokens output tokens: if the thinking already ended, nothing is to be forced
-        (checked on the text, as a tokenizer may split `</think>` differently in context)."""
-        if (req.reasoning_end_ids is not None and req.num_output_tokens == req.sampling_params.reasoning_max_tokens
+        """For a request with a reasoning limit, at reasoning_max_tokens output tokens: if the thinking already
+        ended, nothing is to be forced (checked on the text, as a tokenizer may split `</think>` differently in
+        context)."""
+        if (req.num_output_tokens == req.sampling_params.reasoning_max_tokens
                 and THINK_END in self.tokenizer.decode(req.output_token_ids, skip_special_tokens=False)):
             req.reasoning_end_ids = None
+
 
 def _outside_vocab(ids: list[int], vocab: int) -> list:
     """The ids that are not ints in [0, vocab), checked by numpy (long prompts cost no per-id Python)."""

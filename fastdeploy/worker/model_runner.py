@@ -184,23 +184,34 @@ class ModelRunner:
         bs = self.block_size
         reqs = [s.request for s in scheduled]
         rows = self.block_tables.rows_for(reqs)
-        tables = self.block_tables.table[rows, :max(len(r.block_table) for r in reqs)]
-        query_lens = [s.num_new_tokens for s in scheduled]
-        starts = [r.num_computed_tokens for r in reqs]
+        # one pass over the requests; the rest is numpy over the whole batch
+        query_lens, starts, sample_rows = [], [], []
         input_ids, fill_dst, fill_src = [], [], []
-        for req, start, n in zip(reqs, starts, query_lens):
-            input_ids += req.tokens(start, start + n)
-            if req.num_inflight and start + n > req.num_tokens:     # its last token is still on the device
+        max_blocks = 0
+        for s in scheduled:
+            req, n = s.request, s.num_new_tokens
+            start = req.num_computed_tokens
+            query_lens.append(n)
+            starts.append(start)
+            max_blocks = max(max_blocks, len(req.block_table))
+            if n == 1 and start >= req.num_tokens:          # (the common decode step under async scheduling)
+                in_flight = True
+            else:
+                input_ids += req.tokens(start, start + n)
+                in_flight = req.num_inflight and start + n > req.num_tokens
+            if in_flight:                                   # its last token is still on the device
                 fill_dst.append(len(input_ids))
                 fill_src.append(prev.rows[req.request_id])
                 input_ids.append(0)
+            if s.samples:
+                sample_rows.append(len(input_ids) - 1)
+        tables = self.block_tables.table[rows, :max_blocks]
         q = np.asarray(query_lens)
         ends = np.cumsum(q)
         token_row = np.repeat(np.arange(len(q)), q)
         positions = np.repeat(np.asarray(starts) - (ends - q), q) + np.arange(ends[-1])
         slots = tables[token_row, positions // bs].astype(np.int64) * bs + positions % bs
         seq_lens = (np.asarray(starts) + q).tolist()
-        sample_rows = [int(e) - 1 for e, s in zip(ends, scheduled) if s.samples]
         x = StepInputs(torch.tensor(input_ids, dtype=torch.long), torch.from_numpy(positions),
                        torch.from_numpy(slots), torch.from_numpy(tables), query_lens, seq_lens, sample_rows)
         if fill_dst:
