@@ -122,6 +122,23 @@ def test_kernel_batched_input_and_empty():
     assert tq.quant_matmul(torch.empty(0, 256, device=DEVICE), q.to(DEVICE), s.to(DEVICE), 4).shape == (0, 24)
 
 
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("n,k,bias", [(40, 300, True), (7, 2100, False), (1, 64, True), (96, 1024, False)])
+def test_float_gemv_matches_linear(dtype, n, k, bias):
+    """The unquantized layers' single-row path (the GEMV kernel with 16-bit or fp32 weights) against F.linear
+    in fp32, through `qm.linear` as the layers call it (K not a multiple of the block, N of any size)."""
+    gen = torch.Generator().manual_seed(n + k)
+    w, x = (torch.randn(n, k, generator=gen) * 0.1).to(dtype), torch.randn(1, 1, k, generator=gen).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype) if bias else None
+    want = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+    got = tq.float_gemv(x.to(DEVICE), w.to(DEVICE), None if b is None else b.to(DEVICE)).cpu()
+    assert got.dtype == dtype and got.shape == (1, 1, n)
+    err = (got.float() - want).abs().max() / (1 + want.abs().max())
+    assert err < KERNEL_TOL[dtype], f"{n=} {k=} {dtype} err {err:.2e}"
+    if DEVICE == "cuda":        # the layers' dispatcher hands a single row to the kernel
+        torch.testing.assert_close(qm.linear(x.cuda(), w.cuda(), None if b is None else b.cuda()).cpu(), got)
+
+
 # ------------------------------------------------------------------- PyTorch's CPU kernels (bf16 activations)
 
 def _cpu_formats():

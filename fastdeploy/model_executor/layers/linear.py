@@ -12,11 +12,11 @@ weight loaders copy only this rank's slice of each checkpoint tensor. At N = 1 b
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastdeploy.distributed import (divide, get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size,
                                     tensor_model_parallel_all_reduce)
+from fastdeploy.model_executor.ops.quant_matmul import linear as dense_linear
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor, shard_id=None) -> None:
@@ -53,7 +53,7 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_method is not None:
             return self.quant_method.apply(self, x)
-        return F.linear(x, self.weight, self.bias)
+        return dense_linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(Linear):
