@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from fastdeploy.model_executor.ops import triton_kernels
 
@@ -14,8 +15,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
     if residual is not None:
         x = x + residual.float()
         residual = x.to(orig_dtype)
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    out = (x * weight.float()).to(orig_dtype)
+    out = F.rms_norm(x, x.shape[-1:], weight.float(), eps).to(orig_dtype)     # x * rsqrt(mean(x^2) + eps) * w
     return out if residual is None else (out, residual)
 
 

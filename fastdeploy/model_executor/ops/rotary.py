@@ -30,8 +30,9 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     if q.is_cuda and triton_kernels("triton_elementwise") is not None:  # q and k in one launch
         return triton_kernels("triton_elementwise").apply_rotary(q, k, cos, sin, interleaved)
     rot = 2 * cos.shape[-1]
-    if rot == q.shape[-1]:
-        return apply_rotary_ref(q, cos, sin, interleaved), apply_rotary_ref(k, cos, sin, interleaved)
+    if rot == q.shape[-1]:      # q and k as one tensor: on a CPU each op costs microseconds whatever its size
+        qk = apply_rotary_ref(torch.cat((q, k), dim=1), cos, sin, interleaved)
+        return qk[:, :q.shape[1]], qk[:, q.shape[1]:]
     q = torch.cat((apply_rotary_ref(q[..., :rot], cos, sin, interleaved), q[..., rot:]), dim=-1)
     k = torch.cat((apply_rotary_ref(k[..., :rot], cos, sin, interleaved), k[..., rot:]), dim=-1)
     return q, k
