@@ -104,11 +104,11 @@ class SamplingMetadata:
         else:
             max_num_logprobs = vocab_size if -1 in requested else min(max(requested), vocab_size)
 
-        forced = [-1 if t is None else t for t in forced_token_ids or [None] * rows]
         # Per-row scalars travel in two tensors, one host-to-device copy each: a step's host cost
         # must not grow by a copy per field.
         # (numpy builds them from nested lists several times faster than torch.tensor)
         floats = torch.from_numpy(np.array([r.floats for r in per_row], dtype=np.float32))
+        forced = [-1 if t is None else t for t in forced_token_ids or [None] * rows]
         ints = torch.from_numpy(np.array([(r.top_k, r.seed, n, f) for r, n, f in zip(per_row, num_output, forced)],
                                          dtype=np.int64))
         floats, ints = to_device(floats, device), to_device(ints, device)
@@ -132,6 +132,7 @@ class SamplingMetadata:
             any_banned=any(banned),
             any_forced=any(f >= 0 for f in forced),
         )
+
 
 _TENSOR_FIELDS = [f.name for f in dataclasses.fields(SamplingMetadata) if f.type == "torch.Tensor"]
 
