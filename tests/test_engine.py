@@ -66,6 +66,20 @@ def test_preemption_keeps_results_exact(tiny):
     check(outs, expected)
 
 
+def test_positions_past_max_position_embeddings(tmp_path):
+    """max_model_len over the config's max_position_embeddings (256) is allowed, with a warning: decoding
+    past position 256 gives transformers' tokens (which computes the rotary angles of any position)."""
+    path = make_tiny_model("llama", tmp_path / "llama")
+    prompt = [random.Random(1).randrange(3, 500) for _ in range(250)]
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                           pad_token_id=0)[0, len(prompt):].tolist()
+    llm = LLM(model=str(path), skip_tokenizer_init=True, device="cpu", block_size=16, max_model_len=320)
+    out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    assert out[0].outputs.token_ids == want
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_matches_cpu_oracle(tiny, dtype):

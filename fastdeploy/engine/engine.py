@@ -54,6 +54,9 @@ class LLMEngine:
         if max_pos is not None and args.max_model_len > max_pos:
             get_logger().warning(f"max_model_len {args.max_model_len} exceeds the model's "
                                  f"max_position_embeddings {max_pos}")
+            # the rotary table must then cover every position a sequence may reach (transformers computes
+            # the angles of any position; the model was not trained on those past its limit)
+            self.text_config.max_position_embeddings = args.max_model_len
         if args.tensor_parallel_size > 1:
             self.executor = TensorParallelExecutor(self.model_path, self.hf_config, args, self.dtype, self.device)
             self.runner = self.executor.runner          # rank 0's shard, in this process
