@@ -104,8 +104,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     the weight closer to bandwidth than cuBLAS's split-K kernels at M = 1 (Llama-3-8B layer on the H100:
     153 against 168 us)."""
     gemv = triton_kernels("triton_quant_matmul") if x.is_cuda else None
-    if (gemv is not None and x.numel() == x.shape[-1] and weight.shape[0] <= gemv.FLOAT_GEMV_MAX_N
-            and weight.stride(1) == 1):
+    if (gemv is not None and x.numel() == x.shape[-1] == weight.shape[1] and weight.shape[0] <= gemv.FLOAT_GEMV_MAX_N
+            and weight.stride(1) == 1):     # (anything else, a shape mismatch included, is F.linear's)
         return gemv.float_gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
