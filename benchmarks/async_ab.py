@@ -10,9 +10,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import random_prompts, shape_dir  # noqa: E402
+from bench import dummy_llm, random_prompts, shape_dir  # noqa: E402
 
-from fastdeploy import LLM, SamplingParams  # noqa: E402
+from fastdeploy import SamplingParams  # noqa: E402
 
 
 def timed_runner(runner):
@@ -42,11 +42,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gc", choices=["on", "off"], default="on", help="off: no garbage collection while timed")
     args = ap.parse_args()
-    engines = {mode: LLM(model=shape_dir(args.shape), load_format="dummy", skip_tokenizer_init=True,
-                         dtype="bfloat16", max_num_seqs=args.batch, max_model_len=args.prompt_len + args.tokens + 64,
-                         max_num_batched_tokens=8192, async_scheduling=mode,
-                         # a fixed cache: the other engine holds GPU memory that profiling would count out
-                         num_gpu_blocks_override=4 * args.batch * -(-(args.prompt_len + args.tokens) // 64))
+    engines = {mode: dummy_llm(shape_dir(args.shape), max_num_seqs=args.batch,
+                               max_model_len=args.prompt_len + args.tokens + 64, max_num_batched_tokens=8192,
+                               async_scheduling=mode,
+                               # a fixed cache: the other engine holds GPU memory that profiling would count out
+                               num_gpu_blocks_override=4 * args.batch * -(-(args.prompt_len + args.tokens) // 64))
                for mode in (True, False)}
     prompts = random_prompts(args.requests, args.prompt_len, 1000, seed=1)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)

@@ -42,6 +42,11 @@ def make_llm(**kwargs) -> LLM:
     return LLM(**kwargs, **ENGINE_ARGS)
 
 
+def dummy_llm(model_dir: str, **kwargs) -> LLM:
+    """An engine on random bf16 weights for the config in `model_dir` (see `shape_dir`), no tokenizer."""
+    return make_llm(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", **kwargs)
+
+
 def shape_dir(name: str) -> str:
     """A directory with only config.json: enough for load_format='dummy'."""
     d = os.path.join(tempfile.gettempdir(), f"fd-bench-{name}")
@@ -129,8 +134,7 @@ def hf_model_from_shape(name):
 # ---- workloads ------------------------------------------------------------------------------------
 def gpu_smol_throughput(q, ctx):
     n = 256 if q else 1024
-    llm = make_llm(model=shape_dir("smollm2-135m"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_num_seqs=256, max_model_len=512, max_num_batched_tokens=8192)
+    llm = dummy_llm(shape_dir("smollm2-135m"), max_num_seqs=256, max_model_len=512, max_num_batched_tokens=8192)
     run_engine(llm, random_prompts(8, 128, 49152), 8)                         # warm-up
     r = run_engine(llm, random_prompts(n, 128, 49152, seed=1), 128)
     del llm
@@ -142,8 +146,7 @@ def gpu_smol_throughput(q, ctx):
 
 def batch1_decode(model_dir: str, quantization: str | None = None) -> dict:
     """Batch-1 decode of 256 tokens after a 128-token prompt: ms per output token (TTFT excluded)."""
-    llm = make_llm(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_num_seqs=1, max_model_len=1024, quantization=quantization)
+    llm = dummy_llm(model_dir, max_num_seqs=1, max_model_len=1024, quantization=quantization)
     run_engine(llm, random_prompts(1, 128, 1000), 256)           # warm-up of the same shape
     r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
     m = r["outs"][0].metrics
@@ -187,8 +190,7 @@ def gpu_quant(q, ctx):
 
 def gpu_8b_throughput(q, ctx):
     n = 200 if q else 1000
-    llm = make_llm(model=shape_dir("llama3-8b"), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_num_seqs=256, max_model_len=1536, max_num_batched_tokens=8192)
+    llm = dummy_llm(shape_dir("llama3-8b"), max_num_seqs=256, max_model_len=1536, max_num_batched_tokens=8192)
     run_engine(llm, random_prompts(4, 128, 128256), 4)
     r = run_engine(llm, random_prompts(n, list(range(256, 1025)), 128256, seed=0), 256)
     del llm
@@ -279,14 +281,12 @@ def gpu_moe(q, ctx):
     expert_bytes = 3 * config.hidden_size * config.moe_intermediate_size * 2
     active_bytes = total_bytes - moe_layers * (config.moe_num_experts - config.moe_k) * expert_bytes
     n, out_len = (256, 128) if q else (512, 256)
-    llm = make_llm(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=256,
-              max_model_len=1024, max_num_batched_tokens=8192)
+    llm = dummy_llm(d, max_num_seqs=256, max_model_len=1024, max_num_batched_tokens=8192)
     run_engine(llm, random_prompts(4, 128, 103424), 4)
     r = run_engine(llm, random_prompts(n, 512, 103424, seed=1), out_len)
     del llm
     release()
-    llm = make_llm(model=d, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_num_seqs=1,
-              max_model_len=1024)
+    llm = dummy_llm(d, max_num_seqs=1, max_model_len=1024)
     run_engine(llm, random_prompts(1, 128, 1000), 8)
     steps = 64 if q else 256
     r1 = run_engine(llm, random_prompts(1, 128, 1000, seed=2), steps)

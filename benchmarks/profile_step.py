@@ -14,9 +14,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import random_prompts, shape_dir  # noqa: E402
+from bench import dummy_llm, random_prompts, shape_dir  # noqa: E402
 
-from fastdeploy import LLM, SamplingParams  # noqa: E402
+from fastdeploy import SamplingParams  # noqa: E402
 
 
 def main():
@@ -27,8 +27,8 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--prompt-len", type=int, nargs=2, default=[128, 128], help="min and max prompt length")
     args = ap.parse_args()
-    llm = LLM(model=shape_dir(args.shape), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_num_seqs=max(args.batch, 1), max_model_len=2048, max_num_batched_tokens=8192)
+    llm = dummy_llm(shape_dir(args.shape), max_num_seqs=max(args.batch, 1), max_model_len=2048,
+                    max_num_batched_tokens=8192)
     lo, hi = args.prompt_len
     prompts = random_prompts(args.batch, list(range(lo, hi + 1)), 1000)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)

@@ -13,9 +13,9 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import random_prompts, shape_dir  # noqa: E402
+from bench import dummy_llm, random_prompts, shape_dir  # noqa: E402
 
-from fastdeploy import LLM, SamplingParams  # noqa: E402
+from fastdeploy import SamplingParams  # noqa: E402
 
 
 def main():
@@ -24,8 +24,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=32)
     args = ap.parse_args()
-    llm = LLM(model=shape_dir(args.shape), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_num_seqs=args.batch, max_model_len=1024)
+    llm = dummy_llm(shape_dir(args.shape), max_num_seqs=args.batch, max_model_len=1024)
     prompts = random_prompts(args.batch, 64, 1000)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
     llm.generate(prompts, params, use_tqdm=False)          # warm-up: compiles, captures
