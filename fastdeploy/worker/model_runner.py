@@ -145,9 +145,7 @@ class ModelRunner:
         # each sequence writes into its own blocks; logits for max_num_seqs rows, as a step can have
         tables = np.arange(blocks_per_seq * len(seq_lens), dtype=np.int32).reshape(len(seq_lens), blocks_per_seq)
         positions = np.concatenate([np.arange(n) for n in seq_lens])
-        seq_of_token = np.repeat(np.arange(len(seq_lens)), seq_lens)
-        slots = tables[seq_of_token, positions // self.block_size].astype(np.int64) * self.block_size \
-            + positions % self.block_size
+        slots = _slot_mapping(tables, np.repeat(np.arange(len(seq_lens)), seq_lens), positions, self.block_size)
         x = StepInputs(torch.zeros(len(positions), dtype=torch.long), torch.from_numpy(positions),
                        torch.from_numpy(slots), torch.from_numpy(tables), seq_lens, seq_lens,
                        list(range(min(self.args.max_num_seqs, len(positions)))))
@@ -181,7 +179,6 @@ class ModelRunner:
         last token `prev` sampled gets a placeholder, filled on the device from `prev.token_ids`.
         Positions and slots are computed by numpy over the whole batch: a decode step of hundreds of
         requests must not cost Python work per token."""
-        bs = self.block_size
         reqs = [s.request for s in scheduled]
         rows = self.block_tables.rows_for(reqs)
         # one pass over the requests; the rest is numpy over the whole batch
@@ -210,7 +207,7 @@ class ModelRunner:
         ends = np.cumsum(q)
         token_row = np.repeat(np.arange(len(q)), q)
         positions = np.repeat(np.asarray(starts) - (ends - q), q) + np.arange(ends[-1])
-        slots = tables[token_row, positions // bs].astype(np.int64) * bs + positions % bs
+        slots = _slot_mapping(tables, token_row, positions, self.block_size)
         seq_lens = (np.asarray(starts) + q).tolist()
         x = StepInputs(torch.tensor(input_ids, dtype=torch.long), torch.from_numpy(positions),
                        torch.from_numpy(slots), torch.from_numpy(tables), query_lens, seq_lens, sample_rows)
@@ -357,6 +354,11 @@ class PersistentBlockTables:
             self.table = np.concatenate([self.table, np.zeros_like(self.table)])
             self.free_rows = list(range(2 * n - 1, n - 1, -1))
         return self.free_rows.pop()
+
+
+def _slot_mapping(tables: np.ndarray, token_row: np.ndarray, positions: np.ndarray, block_size: int) -> np.ndarray:
+    """Each token's KV-cache slot: the block its position falls in, from its sequence's row of `tables`."""
+    return tables[token_row, positions // block_size].astype(np.int64) * block_size + positions % block_size
 
 
 def _logprobs_as_dicts(lp, token_ids: list[int], reqs: list[Request]) -> list[dict[int, float] | None]:
