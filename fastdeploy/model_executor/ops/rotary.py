@@ -29,13 +29,12 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]; rotates the first 2 * cos.shape[-1] dims."""
     if q.is_cuda and triton_kernels("triton_elementwise") is not None:  # q and k in one launch
         return triton_kernels("triton_elementwise").apply_rotary(q, k, cos, sin, interleaved)
-    rot = 2 * cos.shape[-1]
-    if rot == q.shape[-1]:      # q and k as one tensor: on a CPU each op costs microseconds whatever its size
-        qk = apply_rotary_ref(torch.cat((q, k), dim=1), cos, sin, interleaved)
-        return qk[:, :q.shape[1]], qk[:, q.shape[1]:]
-    q = torch.cat((apply_rotary_ref(q[..., :rot], cos, sin, interleaved), q[..., rot:]), dim=-1)
-    k = torch.cat((apply_rotary_ref(k[..., :rot], cos, sin, interleaved), k[..., rot:]), dim=-1)
-    return q, k
+    # q and k as one tensor: on a CPU each op costs microseconds whatever its size
+    qk, rot = torch.cat((q, k), dim=1), 2 * cos.shape[-1]
+    out = apply_rotary_ref(qk[..., :rot], cos, sin, interleaved)
+    if rot < qk.shape[-1]:
+        out = torch.cat((out, qk[..., rot:]), dim=-1)
+    return out[:, :q.shape[1]], out[:, q.shape[1]:]
 
 
 def apply_rotary_and_store_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
