@@ -387,14 +387,22 @@ def float_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     K, N = x.shape[-1], weight.shape[0]
     x2 = x.reshape(-1, K).contiguous()
     assert x2.shape[0] == 1 and weight.stride(1) == 1
-    c = config or GEMV_DEFAULT[16]
-    y = torch.empty(1, N, dtype=x.dtype, device=x.device)
-    _gemv_kernel[(1, triton.cdiv(N, c.block_n))](
-        x2, weight, weight, weight, bias if bias is not None else y, y, N, K, 0,
-        x2.stride(0), weight.stride(0), 0, y.stride(0),
-        BITS=16, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
-        HALF=BLOCK // 2, GROUP=0, HAS_MIN=False, num_warps=c.num_warps, num_stages=c.num_stages)
-    return y.view(*x.shape[:-1], N)
+    return _gemv(x2, weight, weight, None, bias, 16, config).view(*x.shape[:-1], N)
+
+
+def _gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor | None,
+          bias: torch.Tensor | None, bits: int, config: GemvConfig | None, num_blocks: int = 0, stride_sn: int = 0,
+          group: int = 0) -> torch.Tensor:
+    """`_gemv_kernel` over the rows of x2 ([M, K], unit stride): y [M, N] in x2's dtype."""
+    M, K, N = x2.shape[0], x2.shape[1], weight.shape[0]
+    c = config or GEMV_DEFAULT[bits]
+    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    _gemv_kernel[(M, triton.cdiv(N, c.block_n))](
+        x2, weight, scale, mins if mins is not None else scale, bias if bias is not None else y, y, N, K, num_blocks,
+        x2.stride(0), weight.stride(0), stride_sn, y.stride(0),
+        BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
+        HALF=BLOCK // 2, GROUP=group, HAS_MIN=mins is not None, num_warps=c.num_warps, num_stages=c.num_stages)
+    return y
 
 
 def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bits: int,
@@ -418,14 +426,7 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     # 3.36 against 3.60 ms per token on the H100); int8 and the grouped formats keep the GEMV there
     use_ptx = PTX and bits == 4 and not group and x.dtype in (torch.bfloat16, torch.float16)
     if isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M and not use_ptx):
-        c = config or GEMV_DEFAULT[bits]
-        block_k = c.block_k
-        y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-        _gemv_kernel[(M, triton.cdiv(N, c.block_n))](
-            x2, qweight, scale, m_ptr, bias if bias is not None else y, y, N, K, num_blocks,
-            x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
-            BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=block_k,
-            HALF=BLOCK // 2, **formats, num_warps=c.num_warps, num_stages=c.num_stages)
+        y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group)
         return y.view(*x.shape[:-1], N)
     c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
     split = max(1, min(c.split_k, num_blocks))
