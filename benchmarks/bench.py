@@ -144,9 +144,10 @@ def gpu_smol_throughput(q, ctx):
                 transformers_output_tok_s=hf["output_tok_s"], transformers_batch=hf["batch"])
 
 
-def batch1_decode(model_dir: str, quantization: str | None = None) -> dict:
-    """Batch-1 decode of 256 tokens after a 128-token prompt: ms per output token (TTFT excluded)."""
-    llm = dummy_llm(model_dir, max_num_seqs=1, max_model_len=1024, quantization=quantization)
+def batch1_decode(model_dir: str, quantization: str | None = None, **engine_args) -> dict:
+    """Batch-1 decode of 256 tokens after a 128-token prompt: ms per output token (TTFT excluded).
+    weights_gb: rank 0's (under tensor parallelism, its shard)."""
+    llm = dummy_llm(model_dir, max_num_seqs=1, max_model_len=1024, quantization=quantization, **engine_args)
     run_engine(llm, random_prompts(1, 128, 1000), 256)           # warm-up of the same shape
     r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
     m = r["outs"][0].metrics
@@ -188,16 +189,21 @@ def gpu_quant(q, ctx):
     return res
 
 
-def gpu_8b_throughput(q, ctx):
+def throughput_8b(q, **engine_args) -> dict:
     n = 200 if q else 1000
-    llm = dummy_llm(shape_dir("llama3-8b"), max_num_seqs=256, max_model_len=1536, max_num_batched_tokens=8192)
+    llm = dummy_llm(shape_dir("llama3-8b"), max_num_seqs=256, max_model_len=1536, max_num_batched_tokens=8192,
+                    **engine_args)
     run_engine(llm, random_prompts(4, 128, 128256), 4)
     r = run_engine(llm, random_prompts(n, list(range(256, 1025)), 128256, seed=0), 256)
     del llm
     release()
+    return dict(requests=n, output_tok_s=r["output_tok_s"], req_s=r["req_s"])
+
+
+def gpu_8b_throughput(q, ctx):
+    r = throughput_8b(q)
     hf = hf_generate(hf_model_from_shape("llama3-8b"), 64, 128, 32 if q else 128, "cuda")
-    return dict(requests=n, output_tok_s=r["output_tok_s"], req_s=r["req_s"],
-                transformers_output_tok_s=hf["output_tok_s"], transformers_batch=64)
+    return dict(**r, transformers_output_tok_s=hf["output_tok_s"], transformers_batch=64)
 
 
 def prefix_workload(model: str, n: int, prefix_len: int, unique_len: int, out_len: int, **engine_args) -> dict:
@@ -264,45 +270,76 @@ def cpu_real(q, ctx):
                                                  batch16_tok_s=16 * out_len / hsecs16), output_tokens=out_len)
 
 
-def gpu_moe(q, ctx):
-    """ERNIE 4.5 21B-A3B shape (dummy weights): throughput at 512 requests of 512 in / 256 out, and batch-1
-    decode beside the floor of reading the ~3B parameters one token touches (top-6 of 64 experts)."""
+def moe_shape():
+    """The ERNIE 4.5 21B-A3B shape's directory, its bytes, and the bytes one decode step reads: every weight
+    but the experts no token picked (top-6 of 64; the embedding table is read whole by the tied LM head)."""
     from transformers import Ernie4_5_MoeConfig
     from fastdeploy.model_executor.layers.moe import FusedMoE
     from fastdeploy.model_executor.loader import get_model
     d = os.path.join(tempfile.gettempdir(), "fd-bench-ernie45-21b-a3b")
     config = Ernie4_5_MoeConfig(architectures=["Ernie4_5_MoeForCausalLM"], dtype="bfloat16")  # defaults: 21B-A3B
     config.save_pretrained(d)
-    # bytes one decode step reads: every weight but the experts no token picked (the embedding table is
-    # read whole by the tied LM head)
     meta = get_model("", config, torch.bfloat16, torch.device("meta"), load_format="dummy")
     total_bytes = sum(p.numel() * p.element_size() for p in meta.parameters())
     moe_layers = sum(isinstance(layer.mlp, FusedMoE) for layer in meta.model.layers)
     expert_bytes = 3 * config.hidden_size * config.moe_intermediate_size * 2
-    active_bytes = total_bytes - moe_layers * (config.moe_num_experts - config.moe_k) * expert_bytes
+    return d, total_bytes, total_bytes - moe_layers * (config.moe_num_experts - config.moe_k) * expert_bytes
+
+
+def moe_engine(q, model_dir: str, **engine_args) -> dict:
+    """Throughput at 512 requests of 512 in / 256 out, and batch-1 ms per token."""
     n, out_len = (256, 128) if q else (512, 256)
-    llm = dummy_llm(d, max_num_seqs=256, max_model_len=1024, max_num_batched_tokens=8192)
+    llm = dummy_llm(model_dir, max_num_seqs=256, max_model_len=1024, max_num_batched_tokens=8192, **engine_args)
     run_engine(llm, random_prompts(4, 128, 103424), 4)
     r = run_engine(llm, random_prompts(n, 512, 103424, seed=1), out_len)
     del llm
     release()
-    llm = dummy_llm(d, max_num_seqs=1, max_model_len=1024)
+    llm = dummy_llm(model_dir, max_num_seqs=1, max_model_len=1024, **engine_args)
     run_engine(llm, random_prompts(1, 128, 1000), 8)
     steps = 64 if q else 256
     r1 = run_engine(llm, random_prompts(1, 128, 1000, seed=2), steps)
-    decode_ms = (r1["seconds"] - r1["outs"][0].metrics.first_token_time) / (steps - 1) * 1000
-    floor_ms = active_bytes / ctx["bandwidth"] * 1000
     del llm
     release()
     return dict(requests=n, output_len=out_len, output_tok_s=r["output_tok_s"], total_tok_s=r["total_tok_s"],
-                weights_gb=total_bytes / 1e9, active_gb=active_bytes / 1e9, batch1_ms_per_token=decode_ms,
-                batch1_floor_ms=floor_ms, fraction_of_floor=floor_ms / decode_ms)
+                batch1_ms_per_token=(r1["seconds"] - r1["outs"][0].metrics.first_token_time) / (steps - 1) * 1000)
+
+
+def gpu_moe(q, ctx):
+    """ERNIE 4.5 21B-A3B shape (dummy weights), batch-1 decode beside the floor of reading the ~3B
+    parameters one token touches."""
+    d, total_bytes, active_bytes = moe_shape()
+    r = moe_engine(q, d)
+    floor_ms = active_bytes / ctx["bandwidth"] * 1000
+    return dict(**r, weights_gb=total_bytes / 1e9, active_gb=active_bytes / 1e9, batch1_floor_ms=floor_ms,
+                fraction_of_floor=floor_ms / r["batch1_ms_per_token"])
+
+
+def gpu_tp(q, ctx):
+    """The Llama-3-8B and ERNIE-4.5-21B-A3B shapes at tensor_parallel_size 1 and 2 (issue 9): batch-1
+    decode, beside the floor of each GPU reading its share of the weights, and throughput."""
+    if torch.cuda.device_count() < 2:
+        raise RuntimeError("gpu-tp needs two GPUs")
+    _, llama_step = param_bytes("llama3-8b")
+    moe_dir, _, moe_active = moe_shape()
+    res = {}
+    for tp in (1, 2):
+        r = batch1_decode(shape_dir("llama3-8b"), tensor_parallel_size=tp)
+        floor_ms = llama_step / tp / ctx["bandwidth"] * 1000
+        moe = moe_engine(q, moe_dir, tensor_parallel_size=tp)
+        moe_floor_ms = moe_active / tp / ctx["bandwidth"] * 1000
+        res[f"tp{tp}"] = {"llama3-8b": dict(batch1_ms_per_token=r["ms_per_token"], ttft_ms=r["ttft_ms"],
+                                            floor_ms=floor_ms, fraction_of_floor=floor_ms / r["ms_per_token"],
+                                            weights_gb_per_rank=r["weights_gb"], **throughput_8b(q, tensor_parallel_size=tp)),
+                          "ernie45-21b-a3b": dict(**moe, batch1_floor_ms=moe_floor_ms,
+                                                  fraction_of_floor=moe_floor_ms / moe["batch1_ms_per_token"])}
+        print(json.dumps(res[f"tp{tp}"]), flush=True)
+    return res
 
 
 WORKLOADS = {"gpu-smol-throughput": gpu_smol_throughput, "gpu-latency": gpu_latency,
              "gpu-8b-throughput": gpu_8b_throughput, "gpu-prefix": gpu_prefix, "cpu-real": cpu_real,
              "gpu-moe": gpu_moe, "gpu-quant": gpu_quant,
-             "cpu-prefix": cpu_prefix}
+             "gpu-tp": gpu_tp, "cpu-prefix": cpu_prefix}
 
 
 def main():
@@ -316,7 +353,9 @@ def main():
     for kv in args.engine_arg:
         key, value = kv.split("=", 1)
         ENGINE_ARGS[key] = ast.literal_eval(value)
-    names = [w for w in WORKLOADS if w.startswith("gpu")] if args.workloads == "gpu" else args.workloads.split(",")
+    # 'gpu': every workload of one GPU (gpu-tp needs two)
+    names = [w for w in WORKLOADS if w.startswith("gpu") and w != "gpu-tp"] if args.workloads == "gpu" \
+        else args.workloads.split(",")
     ctx = {}
     env = dict(torch=torch.__version__, host=platform.node(), quick=args.quick, engine_args=ENGINE_ARGS,
                commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,

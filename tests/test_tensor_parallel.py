@@ -1,11 +1,13 @@
-"""Tensor parallelism on the CPU (gloo, 2 processes): the same greedy tokens as one process, worker
-processes that never outlive their LLM, and clear errors for sizes that cannot work."""
+"""Tensor parallelism on the CPU (gloo, 2 processes) and, where two GPUs are present, on the GPUs (NCCL,
+CUDA graphs): the same greedy tokens as one process, worker processes that never outlive their LLM,
+and clear errors for sizes that cannot work."""
 import gc
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from fastdeploy import LLM, SamplingParams
 from tiny_models import make_tiny_model, make_tiny_moe_model
@@ -16,10 +18,12 @@ PROMPTS = [[5, 6, 7, 8, 9], list(range(10, 33)), list(range(40, 80))]
 PARAMS = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=1)
 
 
-def tiny_llm(path, tensor_parallel_size=2, **engine_args):
-    # chunks of 32 tokens: some steps only prefill (no sampling row), which the workers must follow too
-    return LLM(model=str(path), skip_tokenizer_init=True, device="cpu", block_size=16, max_model_len=128,
-               max_num_batched_tokens=32, tensor_parallel_size=tensor_parallel_size, **engine_args)
+def tiny_llm(path, tensor_parallel_size=2, device="cpu", **engine_args):
+    # chunks of 32 tokens: some steps only prefill (no sampling row), which the workers must follow too;
+    # float32 on the GPU too, so that the logprobs compare at 1e-4
+    return LLM(model=str(path), skip_tokenizer_init=True, device=device, dtype="float32", block_size=16,
+               max_model_len=128, max_num_batched_tokens=32, tensor_parallel_size=tensor_parallel_size,
+               **engine_args)
 
 
 def worker_pids(llm) -> list[int]:
@@ -41,11 +45,19 @@ MODELS = {
 }
 
 
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=two_gpus)])
 @pytest.mark.parametrize("name", MODELS)
-def test_greedy_matches_one_process_and_workers_exit(name, tmp_path):
+def test_greedy_matches_one_process_and_workers_exit(name, device, tmp_path):
     path = MODELS[name](tmp_path / name)
-    ref = tiny_llm(path, tensor_parallel_size=1).generate(PROMPTS, PARAMS, use_tqdm=False)
-    llm = tiny_llm(path)
+    single = tiny_llm(path, tensor_parallel_size=1, device=device)
+    ref = single.generate(PROMPTS, PARAMS, use_tqdm=False)
+    del single          # on the GPU its KV cache takes what gpu_memory_utilization allows
+    gc.collect()
+    torch.cuda.empty_cache()
+    llm = tiny_llm(path, device=device)
     pids = worker_pids(llm)
     assert len(pids) == 1
     outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
