@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import signal
+import sys
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection) -> None:
     except EOFError:
         pass                            # the driver is gone
     except BaseException:
+        # also on stderr: on GPUs the driver may be stuck in a collective this rank never joins, and
+        # cannot receive the report until NCCL's timeout
+        print(f"fastdeploy tensor-parallel rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         try:
             conn.send(("error", traceback.format_exc()))
         except OSError:
