@@ -74,5 +74,12 @@ def init_process_group(rank: int, world_size: int, port: int, device: torch.devi
 
 
 def destroy_process_group() -> None:
-    if dist.is_initialized():
+    """Leaves the group. NCCL's communicator is aborted, not shut down: a shutdown waits for the work
+    the communicator has pending, which a peer that stopped or failed mid-step never completes (and
+    on the H100 it also hung with every collective done while CUDA graphs that captured them lived)."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "nccl":
+        dist.distributed_c10d._abort_process_group()
+    else:
         dist.destroy_process_group()

@@ -57,6 +57,7 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of rank `rank`'s process: build the shard, then run forwards until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the driver's to handle
     world = spec.args.tensor_parallel_size
+    runner = None
     try:
         conn.send(("started", None))
         device = spec.device_of(rank)
@@ -80,7 +81,15 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection) -> None:
         except OSError:
             pass
     finally:
+        release_graphs(runner)
         destroy_process_group()
+
+
+def release_graphs(runner: ModelRunner | None) -> None:
+    """Frees the runner's CUDA graphs, which hold captured collectives: before the process group goes."""
+    if runner is not None and runner.graphs is not None:
+        runner.graphs = None
+        torch.cuda.synchronize(runner.device)
 
 
 # ---- driver side ------------------------------------------------------------------------------------
@@ -100,7 +109,7 @@ class TensorParallelExecutor:
             self._workers.expect("started")
             init_process_group(0, world, spec.port, spec.device_of(0))
             self._workers.owns_group = True
-            self.runner = ModelRunner(model_path, hf_config, args, dtype, device, rank=0)
+            self.runner = self._workers.runner = ModelRunner(model_path, hf_config, args, dtype, device, rank=0)
             self._workers.expect("ready")
         except BaseException as e:
             self._stop_and_raise(e)
@@ -131,6 +140,7 @@ class _Workers:
         self.conns: list[Connection] = []
         self.running = False
         self.owns_group = False     # the driver joined the process group (and must leave it)
+        self.runner: ModelRunner | None = None      # rank 0's, whose graphs go before the group
 
     def start(self, spec: WorkerSpec, world: int) -> None:
         ctx = mp.get_context("spawn")
@@ -185,6 +195,8 @@ class _Workers:
             conn.close()
         self.processes, self.conns, self.running = [], [], False
         if self.owns_group:
+            release_graphs(self.runner)
+            self.runner = None
             destroy_process_group()
             self.owns_group = False
         return errors
