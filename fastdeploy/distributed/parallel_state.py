@@ -75,8 +75,9 @@ def init_process_group(rank: int, world_size: int, port: int, device: torch.devi
 
 def destroy_process_group() -> None:
     """Leaves the group. NCCL's communicator is aborted, not shut down: a shutdown waits for the work
-    the communicator has pending, which a peer that stopped or failed mid-step never completes (and
-    on the H100 it also hung with every collective done while CUDA graphs that captured them lived)."""
+    the communicator has pending, which a peer that stopped or failed mid-step never completes. Free
+    the CUDA graphs that captured its collectives first: on the H100s both shutdown and abort hung
+    while such a graph lived, and both returned once it was freed."""
     if not dist.is_initialized():
         return
     if dist.get_backend() == "nccl":
