@@ -105,6 +105,14 @@ def test_failed_step_stops_the_workers(llama_path, monkeypatch, fault):
     assert llm.generate(PROMPTS[:1], PARAMS, use_tqdm=False)[0].error_code == 200
 
 
+def test_synchronous_steps_match(llama_path):
+    """The default (async scheduling) feeds rank 0's sampled ids back on every rank; without it each step
+    waits for them on the host."""
+    want = tiny_llm(llama_path, tensor_parallel_size=1).generate(PROMPTS, PARAMS, use_tqdm=False)
+    got = tiny_llm(llama_path, async_scheduling=False).generate(PROMPTS, PARAMS, use_tqdm=False)
+    assert [o.outputs.token_ids for o in got] == [o.outputs.token_ids for o in want]
+
+
 def test_one_tensor_parallel_llm_per_process(llama_path):
     llm = tiny_llm(llama_path)
     with pytest.raises(RuntimeError, match="only one tensor-parallel LLM"):

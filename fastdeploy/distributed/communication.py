@@ -19,6 +19,12 @@ def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Te
     return torch.cat(parts, dim=dim)
 
 
+def tensor_model_parallel_broadcast(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `x` on every rank, in place; returns it."""
+    dist.broadcast(x, src=0)
+    return x
+
+
 def min_over_ranks(n: int, device: torch.device) -> int:
     """The smallest of every rank's `n` (e.g. KV cache blocks, so that all ranks size the cache alike)."""
     t = torch.tensor([n], dtype=torch.int64, device=device)

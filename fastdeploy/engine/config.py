@@ -39,7 +39,7 @@ class EngineArgs:
     load_format: str = "auto"
     num_gpu_blocks_override: int | None = None    # fixes the KV cache size instead of profiling
     enforce_eager: bool = False                   # True: no CUDA graphs
-    # prepare step N+1 on the host while the device runs step N (tensor_parallel_size 1, text models)
+    # prepare step N+1 on the host while the device runs step N (text models)
     async_scheduling: bool = True
     skip_tokenizer_init: bool = False             # token ids in and out only (e.g. dummy-weight benchmarks)
     # accepted for compatibility with FastDeploy's serving arguments; unused offline

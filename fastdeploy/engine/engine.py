@@ -75,8 +75,7 @@ class LLMEngine:
         # Async scheduling: each step is queued on the device and the previous one's tokens are processed
         # while it runs; the requests it samples for are scheduled on as if their tokens were known (the
         # device feeds them back). A request that turns out finished costs one wasted row.
-        self.async_scheduling = (args.async_scheduling and args.tensor_parallel_size == 1
-                                 and self.mm_processor is None)
+        self.async_scheduling = args.async_scheduling and self.mm_processor is None
         self._pending: LaunchedStep | None = None
 
     def _multimodal_processor(self) -> MultimodalProcessor | None:
@@ -209,7 +208,7 @@ class LLMEngine:
                 m.time_in_queue = now - m.arrival_time
         try:
             if self.async_scheduling:
-                launched = self.runner.launch(sched.scheduled, self._pending)
+                launched = self.executor.launch(sched.scheduled, self._pending)
             else:
                 out = self.executor.execute(sched.scheduled)
         except Exception as e:
@@ -227,7 +226,7 @@ class LLMEngine:
     def _complete_pending(self) -> list[Request]:
         launched, self._pending = self._pending, None
         try:
-            out = self.runner.collect(launched)
+            out = self.executor.collect(launched)
         except Exception as e:
             raise RuntimeError(f"model step failed: {type(e).__name__}: {e}") from e
         for req in launched.sampling:

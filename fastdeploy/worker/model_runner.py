@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastdeploy.distributed import min_over_ranks, tensor_parallel
+from fastdeploy.distributed import min_over_ranks, tensor_model_parallel_broadcast, tensor_parallel
 from fastdeploy.engine.request import Request
 from fastdeploy.engine.scheduler import ScheduledRequest
 from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
@@ -44,9 +44,9 @@ class StepInputs:
     seq_lens: list[int]
     sample_rows: list[int]         # index in T of each sampling request's last token
     mm_embeds: MultimodalEmbeds | None = None     # multimodal models: this step's image/video rows
-    # async scheduling: input_ids[dst] = prev_token_ids[src] on the device, for the tokens the previous
+    # async scheduling: input_ids[dst] = last_token_ids[src] on the device, for the tokens the previous
     # step sampled (still on the device; their host copy is a placeholder)
-    inflight: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    inflight: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def is_decode(self) -> bool:
@@ -83,6 +83,9 @@ class ModelRunner:
         self.block_size = args.block_size
         self.world_size = args.tensor_parallel_size
         self.send_inputs = None         # rank 0 under tensor parallelism: StepInputs -> the other ranks
+        # the ids the latest sampling step drew, on the device, on every rank: async scheduling feeds
+        # them back as the next step's inputs (`StepInputs.inflight`) without waiting for the host
+        self.last_token_ids: torch.Tensor | None = None
         torch.manual_seed(args.seed)
         with tensor_parallel(rank, self.world_size):
             self.model = get_model(model_path, hf_config, dtype, device, args.load_format,
@@ -176,7 +179,7 @@ class ModelRunner:
     # ---- one step -----------------------------------------------------------------------------
     def _prepare(self, scheduled: list[ScheduledRequest], prev: LaunchedStep | None = None) -> StepInputs:
         """The step's flat batch as host tensors (one copy for all of them to the device later). A request whose
-        last token `prev` sampled gets a placeholder, filled on the device from `prev.token_ids`.
+        last token `prev` sampled gets a placeholder, filled on the device from `last_token_ids`.
         Positions and slots are computed by numpy over the whole batch: a decode step of hundreds of
         requests must not cost Python work per token."""
         reqs = [s.request for s in scheduled]
@@ -212,7 +215,7 @@ class ModelRunner:
         x = StepInputs(torch.tensor(input_ids, dtype=torch.long), torch.from_numpy(positions),
                        torch.from_numpy(slots), torch.from_numpy(tables), query_lens, seq_lens, sample_rows)
         if fill_dst:
-            x.inflight = (torch.tensor(fill_dst), torch.tensor(fill_src), prev.token_ids)
+            x.inflight = (torch.tensor(fill_dst), torch.tensor(fill_src))
         if self.multimodal:
             self._add_multimodal(x, scheduled)
         return x
@@ -248,6 +251,9 @@ class ModelRunner:
         logits = self.forward(x)
         if logits is not None:
             self._sample(step, logits)
+            self.last_token_ids = step.token_ids
+            if self.world_size > 1:
+                tensor_model_parallel_broadcast(self.last_token_ids)
         step.launch_time = time.perf_counter() - start
         return step
 
@@ -277,6 +283,14 @@ class ModelRunner:
         return StepOutput(token_ids, logprobs, step.launch_time + time.perf_counter() - start)
 
     @torch.inference_mode()
+    def follow(self, x: StepInputs) -> None:
+        """A worker rank's step: the forward rank 0 runs, on this rank's shard, then receiving the ids
+        rank 0 sampled, which the next step may feed back."""
+        if self.forward(x) is not None:
+            self.last_token_ids = torch.empty(len(x.sample_rows), dtype=torch.long, device=self.device)
+            tensor_model_parallel_broadcast(self.last_token_ids)
+
+    @torch.inference_mode()
     def forward(self, x: StepInputs) -> torch.Tensor | None:
         """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
         query_start_loc = np.zeros(len(x.query_lens) + 1, dtype=np.int32)
@@ -288,7 +302,7 @@ class ModelRunner:
         input_ids, positions, slots, tables, seq_lens, query_start_loc, rows, *fill = self._upload(host)
         if fill:        # the previous step's tokens, still on the device, into their slots
             dst, src = fill
-            input_ids.index_copy_(0, dst, x.inflight[2][src])
+            input_ids.index_copy_(0, dst, self.last_token_ids[src])
         if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
             return self.graphs.run(input_ids, positions, slots, seq_lens, tables)
         md = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start_loc, seq_lens=seq_lens,

@@ -2,7 +2,8 @@
 
 The driver (`TensorParallelExecutor`, rank 0) runs the scheduler and the sampler; every step its
 `ModelRunner` sends the step's inputs (`StepInputs`, pickled once) down one pipe per worker, then all ranks
-run the same forward, meeting in the layers' all-reduces, and rank 0 samples from the gathered logits.
+run the same forward, meeting in the layers' all-reduces, and rank 0 samples from the gathered logits and
+broadcasts the sampled ids, which async scheduling feeds back on every rank without a host round trip.
 
 Control goes through pipes, not collectives, so that an idle worker waits without a timeout and sees
 the driver's death as end-of-file. A worker reports "started", then "ready" once its shard is loaded
@@ -29,7 +30,7 @@ import torch
 
 from fastdeploy.distributed import destroy_process_group, free_port, init_process_group, require_no_process_group
 from fastdeploy.engine.scheduler import ScheduledRequest
-from fastdeploy.worker.model_runner import ModelRunner, StepInputs, StepOutput
+from fastdeploy.worker.model_runner import LaunchedStep, ModelRunner, StepInputs, StepOutput
 
 STOP = b""                  # driver -> worker: leave the loop
 STOP_GRACE_S = 10.0         # how long a stopping worker may take before it is terminated
@@ -69,7 +70,7 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection) -> None:
         runner = ModelRunner(spec.model_path, spec.hf_config, spec.args, spec.dtype, device, rank=rank)
         conn.send(("ready", None))
         while (message := conn.recv_bytes()) != STOP:
-            runner.forward(pickle.loads(message))
+            runner.follow(pickle.loads(message))
     except EOFError:
         pass                            # the driver is gone
     except BaseException:
@@ -115,12 +116,23 @@ class TensorParallelExecutor:
             self._stop_and_raise(e)
         self.runner.send_inputs = self._workers.send
 
+    # ModelRunner's step interface, run across all ranks
+    def launch(self, scheduled: list[ScheduledRequest], prev: LaunchedStep | None = None) -> LaunchedStep:
+        return self._guarded(self.runner.launch, scheduled, prev)
+
+    def collect(self, step: LaunchedStep) -> StepOutput:
+        return self._guarded(self.runner.collect, step)
+
     def execute(self, scheduled: list[ScheduledRequest]) -> StepOutput:
+        return self.collect(self.launch(scheduled))
+
+    def _guarded(self, fn, *args):
+        """Runs `fn` (a part of a step on rank 0); a failure stops every rank, as they are out of step."""
         if not self._workers.running:
             raise RuntimeError("the tensor-parallel workers have stopped (a step failed earlier): "
                                "create a new LLM")
         try:
-            return self.runner.execute(scheduled)
+            return fn(*args)
         except BaseException as e:
             self._stop_and_raise(e)
 
