@@ -84,6 +84,39 @@ def measure_bandwidth() -> float:
     return 2 * x.numel() * 10 / (time.perf_counter() - t)
 
 
+def measure_matmul_rate() -> float:
+    """bf16 FLOP/s of an 8192^3 matrix product (bench.md's prefill rate, about 790 TFLOP/s on the H100)."""
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    _, secs = timed(lambda: [a @ b for _ in range(10)])
+    return 2 * 8192 ** 3 * 10 / secs
+
+
+def throughput_floor_s(name: str, prompt_lens: list[int], out_len: int, max_num_seqs: int, ctx: dict,
+                       gpus: int = 1) -> float:
+    """The least time `gpus` GPUs allow for these requests (bench.md's floor): the prefill's FLOPs at the
+    measured matrix rate, then decode steps in full batches of max_num_seqs, each reading the weights
+    once and every running sequence's KV cache at the measured bandwidth (or their FLOPs, if that is
+    longer). The two phases are not assumed to overlap."""
+    s = SHAPES[name]
+    h, layers, vocab = s["hidden_size"], s["num_hidden_layers"], s["vocab_size"]
+    head_dim = h // s["num_attention_heads"]
+    _, step_bytes = param_bytes(name)
+    body = step_bytes // 2 - vocab * h                  # parameters a token passes through below the LM head
+    # q.k and p.v over the causal half of each prompt: 2 * 2 * l^2 / 2 * h per layer
+    prefill_flop = (2 * body * sum(prompt_lens) + 2 * vocab * h * len(prompt_lens)
+                    + 2 * h * layers * sum(p * p for p in prompt_lens))
+    kv_bytes_per_token = 2 * layers * s["num_key_value_heads"] * head_dim * 2
+    context_tokens = sum(out_len * p + out_len * (out_len - 1) // 2 for p in prompt_lens)
+    steps = -(-len(prompt_lens) // max_num_seqs) * out_len
+    decode_bytes = steps * step_bytes + context_tokens * kv_bytes_per_token
+    decode_flop = 2 * (body + vocab * h) * len(prompt_lens) * out_len + 4 * h * layers * context_tokens
+    decode_s = max(decode_bytes / ctx["bandwidth"], decode_flop / ctx["matmul"])
+    return (prefill_flop / ctx["matmul"] + decode_s) / gpus
+
+
 def release():
     """Frees a deleted engine's memory before the next model loads (graphs and caches sit in cycles)."""
     gc.collect()
@@ -136,11 +169,14 @@ def gpu_smol_throughput(q, ctx):
     n = 256 if q else 1024
     llm = dummy_llm(shape_dir("smollm2-135m"), max_num_seqs=256, max_model_len=512, max_num_batched_tokens=8192)
     run_engine(llm, random_prompts(8, 128, 49152), 8)                         # warm-up
-    r = run_engine(llm, random_prompts(n, 128, 49152, seed=1), 128)
+    prompts = random_prompts(n, 128, 49152, seed=1)
+    r = run_engine(llm, prompts, 128)
+    floor_s = throughput_floor_s("smollm2-135m", [len(p) for p in prompts], 128, 256, ctx)
     del llm
     release()
     hf = hf_generate(hf_model_from_shape("smollm2-135m"), 256 if not q else 64, 128, 128 if not q else 32, "cuda")
     return dict(requests=n, output_tok_s=r["output_tok_s"], total_tok_s=r["total_tok_s"],
+                floor_output_tok_s=r["output_tokens"] / floor_s, fraction_of_floor=floor_s / r["seconds"],
                 transformers_output_tok_s=hf["output_tok_s"], transformers_batch=hf["batch"])
 
 
@@ -189,19 +225,22 @@ def gpu_quant(q, ctx):
     return res
 
 
-def throughput_8b(q, **engine_args) -> dict:
+def throughput_8b(q, ctx, tensor_parallel_size: int = 1) -> dict:
     n = 200 if q else 1000
     llm = dummy_llm(shape_dir("llama3-8b"), max_num_seqs=256, max_model_len=1536, max_num_batched_tokens=8192,
-                    **engine_args)
+                    tensor_parallel_size=tensor_parallel_size)
     run_engine(llm, random_prompts(4, 128, 128256), 4)
-    r = run_engine(llm, random_prompts(n, list(range(256, 1025)), 128256, seed=0), 256)
+    prompts = random_prompts(n, list(range(256, 1025)), 128256, seed=0)
+    r = run_engine(llm, prompts, 256)
     del llm
     release()
-    return dict(requests=n, output_tok_s=r["output_tok_s"], req_s=r["req_s"])
+    floor_s = throughput_floor_s("llama3-8b", [len(p) for p in prompts], 256, 256, ctx, tensor_parallel_size)
+    return dict(requests=n, output_tok_s=r["output_tok_s"], req_s=r["req_s"],
+                floor_output_tok_s=r["output_tokens"] / floor_s, fraction_of_floor=floor_s / r["seconds"])
 
 
 def gpu_8b_throughput(q, ctx):
-    r = throughput_8b(q)
+    r = throughput_8b(q, ctx)
     hf = hf_generate(hf_model_from_shape("llama3-8b"), 64, 128, 32 if q else 128, "cuda")
     return dict(**r, transformers_output_tok_s=hf["output_tok_s"], transformers_batch=64)
 
@@ -329,7 +368,7 @@ def gpu_tp(q, ctx):
         moe_floor_ms = moe_active / tp / ctx["bandwidth"] * 1000
         res[f"tp{tp}"] = {"llama3-8b": dict(batch1_ms_per_token=r["ms_per_token"], ttft_ms=r["ttft_ms"],
                                             floor_ms=floor_ms, fraction_of_floor=floor_ms / r["ms_per_token"],
-                                            weights_gb_per_rank=r["weights_gb"], **throughput_8b(q, tensor_parallel_size=tp)),
+                                            weights_gb_per_rank=r["weights_gb"], **throughput_8b(q, ctx, tp)),
                           "ernie45-21b-a3b": dict(**moe, batch1_floor_ms=moe_floor_ms,
                                                   fraction_of_floor=moe_floor_ms / moe["batch1_ms_per_token"])}
         print(json.dumps(res[f"tp{tp}"]), flush=True)
@@ -361,8 +400,9 @@ def main():
                commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True, cwd=os.path.dirname(__file__)).stdout.strip())
     if torch.cuda.is_available():
-        ctx["bandwidth"] = measure_bandwidth()
-        env.update(gpu=torch.cuda.get_device_name(), bandwidth_tb_s=ctx["bandwidth"] / 1e12)
+        ctx["bandwidth"], ctx["matmul"] = measure_bandwidth(), measure_matmul_rate()
+        env.update(gpu=torch.cuda.get_device_name(), bandwidth_tb_s=ctx["bandwidth"] / 1e12,
+                   matmul_tflop_s=ctx["matmul"] / 1e12)
     results = []
     for name in names:
         res = dict(workload=name, **env, **WORKLOADS[name](args.quick, ctx))
