@@ -5,13 +5,17 @@ replayed from a CUDA graph of 64 of them (one Llama-3-8B decode step at TP=2 has
 """
 from __future__ import annotations
 
-import time
+import os
+import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastdeploy.distributed import free_port
+sys.path.insert(0, os.path.dirname(__file__))
+from bench import timed  # noqa: E402
+
+from fastdeploy.distributed import free_port  # noqa: E402
 
 SIZES = [(1, 4096), (16, 4096), (256, 4096)]     # rows x hidden, bf16: batch 1, 16, 256 of the 8B shape
 PER_GRAPH = 64
@@ -25,23 +29,15 @@ def rank_main(rank: int, port: int) -> None:
         x = torch.ones(shape, dtype=torch.bfloat16, device="cuda")
         for _ in range(20):
             dist.all_reduce(x)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(200):
-            dist.all_reduce(x)
-        torch.cuda.synchronize()
-        eager_us = (time.perf_counter() - t) / 200 * 1e6
+        _, secs = timed(lambda: [dist.all_reduce(x) for _ in range(200)])
+        eager_us = secs / 200 * 1e6
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for _ in range(PER_GRAPH):
                 dist.all_reduce(x)
         graph.replay()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(20):
-            graph.replay()
-        torch.cuda.synchronize()
-        graph_us = (time.perf_counter() - t) / 20 / PER_GRAPH * 1e6
+        _, secs = timed(lambda: [graph.replay() for _ in range(20)])
+        graph_us = secs / 20 / PER_GRAPH * 1e6
         del graph           # before the group ends: a live graph with captured collectives hangs it
         if rank == 0:
             print(f"{shape[0]:>4} x {shape[1]} bf16 ({x.numel() * 2 / 1024:.0f} KiB): eager {eager_us:.1f} us, "

@@ -76,12 +76,8 @@ def measure_bandwidth() -> float:
     y = torch.empty_like(x)
     for _ in range(3):
         y.copy_(x)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    return 2 * x.numel() * 10 / (time.perf_counter() - t)
+    _, secs = timed(lambda: [y.copy_(x) for _ in range(10)])
+    return 2 * x.numel() * 10 / secs
 
 
 def measure_matmul_rate() -> float:

@@ -261,7 +261,6 @@ class LLMEngine:
                 finished.append(req)
         return finished
 
-
     def _check_thinking_ended(self, req: Request) -> None:
         """For a request with a reasoning limit, at reasoning_max_tokens output tokens: if the thinking already
         ended, nothing is to be forced (checked on the text, as a tokenizer may split `</think>` differently in
