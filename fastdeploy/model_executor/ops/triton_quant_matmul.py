@@ -103,6 +103,24 @@ def _nibble_asm(ty: str, offset: int) -> tl.constexpr:
 _ASM_BF16, _ASM_BF16_UNSIGNED = _nibble_asm("bf16", 8), _nibble_asm("bf16", 0)
 _ASM_F16, _ASM_F16_UNSIGNED = _nibble_asm("f16", 8), _nibble_asm("f16", 0)
 
+# 4 bytes -> their 8 nibbles n as float32 128 + n: each is the bits 0x430n0000 (bf16's 128 + n in the upper half),
+# one byte permute per value from the masked low and high nibbles; 11 instructions per 4 bytes
+_BIASED_NIBBLE_ASM = tl.constexpr("""{
+.reg .b32 lo, hi, magic;
+mov.b32 magic, 0x43000000;
+and.b32 lo, $8, 0x0F0F0F0F;
+shr.u32 hi, $8, 4;
+and.b32 hi, hi, 0x0F0F0F0F;
+prmt.b32 $0, lo, magic, 0x7054;
+prmt.b32 $1, lo, magic, 0x7154;
+prmt.b32 $2, lo, magic, 0x7254;
+prmt.b32 $3, lo, magic, 0x7354;
+prmt.b32 $4, hi, magic, 0x7054;
+prmt.b32 $5, hi, magic, 0x7154;
+prmt.b32 $6, hi, magic, 0x7254;
+prmt.b32 $7, hi, magic, 0x7354;
+}""")
+
 
 @triton.jit
 def _nibbles_to_half(packed, dt: tl.constexpr, OFFSET: tl.constexpr):
@@ -117,10 +135,21 @@ def _nibbles_to_half(packed, dt: tl.constexpr, OFFSET: tl.constexpr):
 
 
 @triton.jit
+def _biased_nibbles(packed, USE_PTX: tl.constexpr):
+    """uint8 bytes -> (128 + low nibble, 128 + high nibble) as float32, exactly. With the bias, the PTX makes
+    each float with one byte permute (the plain path: integer ops and the int-to-float unit, for the interpreter)."""
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_BIASED_NIBBLE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [packed],
+                                         dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+    else:
+        return (packed & 0xF).to(tl.float32) + 128.0, (packed >> 4).to(tl.float32) + 128.0
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 HALF: tl.constexpr, GROUP: tl.constexpr, HAS_MIN: tl.constexpr):
+                 HALF: tl.constexpr, GROUP: tl.constexpr, HAS_MIN: tl.constexpr, USE_PTX: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -149,20 +178,24 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, N, K, num_blocks,
         offs_j = tl.arange(0, HALF)
         w_ptrs = w_ptr + rows[:, None, None] * stride_wn + offs_g[None, :, None] * HALF + offs_j[None, None, :]
         s_ptrs = s_ptr + rows[:, None] * stride_sn + offs_g[None, :]
-        acc = tl.zeros([BLOCK_N, G, HALF], dtype=tl.float32)
+        # each weight enters as 128 + nibble (one instruction from the byte, see _biased_nibbles) and a group's
+        # dot product drops the bias afterwards: sum (128 + n) x - 136 sum x = sum (n - 8) x. The products are
+        # exact (8-bit times bf16's 8-bit significand) and the bias costs ~2^-24 * 136 * 128 |x| of fp32 rounding.
+        acc = tl.zeros([BLOCK_N, G], dtype=tl.float32)
         for g0 in range(0, num_blocks, G):
             g = g0 + offs_g
             g_mask = g < num_blocks
-            packed = tl.load(w_ptrs, mask=g_mask[None, :, None], other=0).to(tl.int32)
+            packed = tl.load(w_ptrs, mask=g_mask[None, :, None], other=0)
             k_lo = g[:, None] * (2 * HALF) + offs_j[None, :]
             x_lo = tl.load(x_row + k_lo, mask=k_lo < K, other=0.0).to(tl.float32)
             x_hi = tl.load(x_row + k_lo + HALF, mask=k_lo + HALF < K, other=0.0).to(tl.float32)
             s = tl.load(s_ptrs, mask=g_mask[None, :], other=0.0).to(tl.float32)
-            part = _nibble_to_f32(packed & 0xF) * x_lo[None, :, :] + _nibble_to_f32(packed >> 4) * x_hi[None, :, :]
-            acc += part * s[:, :, None]
+            lo, hi = _biased_nibbles(packed, USE_PTX)
+            dots = tl.sum(lo * x_lo[None, :, :] + hi * x_hi[None, :, :], axis=2)
+            acc += (dots - 136.0 * tl.sum(x_lo + x_hi, axis=1)[None, :]) * s
             w_ptrs += G * HALF
             s_ptrs += G
-        out = tl.sum(tl.sum(acc, axis=2), axis=1)
+        out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows).to(tl.float32)
     tl.store(y_ptr + m * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
@@ -392,7 +425,7 @@ def float_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 def _gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor | None,
           bias: torch.Tensor | None, bits: int, config: GemvConfig | None, num_blocks: int = 0, stride_sn: int = 0,
-          group: int = 0) -> torch.Tensor:
+          group: int = 0, use_ptx: bool = False) -> torch.Tensor:
     """`_gemv_kernel` over the rows of x2 ([M, K], unit stride): y [M, N] in x2's dtype."""
     M, K, N = x2.shape[0], x2.shape[1], weight.shape[0]
     c = config or GEMV_DEFAULT[bits]
@@ -401,7 +434,8 @@ def _gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, mins: tor
         x2, weight, scale, mins if mins is not None else scale, bias if bias is not None else y, y, N, K, num_blocks,
         x2.stride(0), weight.stride(0), stride_sn, y.stride(0),
         BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
-        HALF=BLOCK // 2, GROUP=group, HAS_MIN=mins is not None, num_warps=c.num_warps, num_stages=c.num_stages)
+        HALF=BLOCK // 2, GROUP=group, HAS_MIN=mins is not None, USE_PTX=use_ptx, num_warps=c.num_warps,
+        num_stages=c.num_stages)
     return y
 
 
@@ -422,11 +456,9 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
         assert bits == 4 and group and mins.stride() == scale.stride(), "mins: int4 grouped, laid out as scale"
     formats = dict(GROUP=group, HAS_MIN=mins is not None)
     m_ptr = mins if mins is not None else scale
-    # the tensor-core GEMM with the PTX nibble conversion beats the fp32 GEMV at M = 1 too (Llama-3-8B wint4 decode:
-    # 3.36 against 3.60 ms per token on the H100); int8 and the grouped formats keep the GEMV there
-    use_ptx = PTX and bits == 4 and not group and x.dtype in (torch.bfloat16, torch.float16)
-    if isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M and not use_ptx):
-        y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group)
+    use_ptx = PTX and bits == 4 and not group          # wint4's nibble conversions in PTX (not the interpreter's)
+    if isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M):
+        y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx)
         return y.view(*x.shape[:-1], N)
     c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
     split = max(1, min(c.split_k, num_blocks))
@@ -440,5 +472,6 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
         x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
         BITS=bits, HAS_BIAS=bias is not None, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
         HALF=BLOCK // 2, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
-        USE_PTX=use_ptx, **formats, num_warps=c.num_warps, num_stages=c.num_stages)
+        USE_PTX=use_ptx and x.dtype in (torch.bfloat16, torch.float16), **formats, num_warps=c.num_warps,
+        num_stages=c.num_stages)
     return y.view(*x.shape[:-1], N)
