@@ -172,7 +172,7 @@ def run_sweep():
               + _top(times, gemv_fmt), flush=True)
         for m in (2, 4, 8, 16):
             xm = torch.randn(m, k, device=DEV, dtype=DTYPE)
-            t_gemv = timed(xm, tq.GEMV_DEFAULT[bits])
+            t_gemv = timed(xm, tq.GEMV_WINT4 if bits == 4 else tq.GEMV_DEFAULT[bits])
             t_gemm = timed(xm, tq.gemm_config(m, n, -(-k // 128)))
             print(f"    M={m}: gemv {t_gemv * 1e6:6.1f} gemm(default) {t_gemm * 1e6:6.1f}", flush=True)
         x = torch.randn(16, k, device=DEV, dtype=DTYPE)

@@ -1,14 +1,16 @@
 """Triton weight-only quantized matmul (formats in quant_matmul.py), dequantizing in the inner loop.
 
-- `_gemv_kernel` (M <= GEMV_MAX_M, single-row decode, but not wint4 in 16-bit floats): memory bound, so it is
-  built to stream the weight bytes at bandwidth. Each program owns a few (BLOCK_N) whole weight rows and walks K
+- `_gemv_kernel` (M <= GEMV_MAX_M, single-row decode; not wint4 rows much longer than there are rows): memory
+  bound, so it is built to stream the weight bytes at bandwidth. Each program owns a few (BLOCK_N) whole weight rows and walks K
   in wide chunks: every thread issues 16-byte loads of one row's contiguous bytes, and with few rows per program
   there are N / BLOCK_N programs (1024 for N = 4096) to keep enough loads in flight. Products accumulate
   elementwise in an fp32 register tile and are reduced across K once, after the loop (no shuffles inside it).
   The integers become floats without the slow int-to-float unit: a small integer OR'ed (int4 nibble) or added
   (int8) into the bit pattern of 2^23 (resp. 1.5 * 2^23) is that float plus the integer, exactly, and one
-  subtraction removes the offset. int4 group scales multiply each group's products (two per byte) before they
-  join the accumulator; the int8 per-channel scale is applied once at the end. Rows run as separate programs
+  subtraction removes the offset. wint4 goes further, as it would be bound by these integer and float
+  instructions rather than by memory (H100): a nibble n enters as the float 128 + n, made from its byte by one
+  byte permute, and each group's dot product sheds the bias (136 times the group's sum of x) before its scale
+  multiplies it. The int8 per-channel scale is applied once at the end. Rows run as separate programs
   (grid axis 0 is the row, fastest), so the few rows of a decode batch re-read each weight tile from L2.
 - `_gemm_kernel` (larger M): tensor-core tiles of y^T = W x^T, walking K one 128-wide block at a time as a low
   and a high half of 64 (the two nibbles of an int4 byte; for int8 simply the two halves). The weight tile is
@@ -377,6 +379,8 @@ class GemvConfig:
 # row per program, 16 bytes per thread per step; 89-102% of the 2.95 TB/s bandwidth on those shapes, where
 # cuBLAS reaches 68% (o_proj), 79% (qkv), 87% (down) and 95% (gate_up).
 GEMV_DEFAULT = {16: GemvConfig(1, 1024, 4, 3), 8: GemvConfig(4, 512, 2, 3), 4: GemvConfig(4, 1024, 2, 3)}
+# wint4 (its biased-nibble loop has fewer instructions per byte): least summed time over a layer's linears
+GEMV_WINT4 = GemvConfig(8, 2048, 4, 1)
 
 
 @dataclass(frozen=True)
@@ -428,7 +432,7 @@ def _gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, mins: tor
           group: int = 0, use_ptx: bool = False) -> torch.Tensor:
     """`_gemv_kernel` over the rows of x2 ([M, K], unit stride): y [M, N] in x2's dtype."""
     M, K, N = x2.shape[0], x2.shape[1], weight.shape[0]
-    c = config or GEMV_DEFAULT[bits]
+    c = config or (GEMV_WINT4 if bits == 4 and not group else GEMV_DEFAULT[bits])
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     _gemv_kernel[(M, triton.cdiv(N, c.block_n))](
         x2, weight, scale, mins if mins is not None else scale, bias if bias is not None else y, y, N, K, num_blocks,
@@ -457,7 +461,10 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     formats = dict(GROUP=group, HAS_MIN=mins is not None)
     m_ptr = mins if mins is not None else scale
     use_ptx = PTX and bits == 4 and not group          # wint4's nibble conversions in PTX (not the interpreter's)
-    if isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M):
+    # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) leave the GEMV too few programs
+    # to stream at bandwidth; the split-K GEMM takes them (H100: 17.8 against 20.3 us)
+    gemv = M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)
+    if isinstance(config, GemvConfig) or (config is None and gemv):
         y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx)
         return y.view(*x.shape[:-1], N)
     c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
