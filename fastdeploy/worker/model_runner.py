@@ -295,19 +295,24 @@ class ModelRunner:
         """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
         query_start_loc = np.zeros(len(x.query_lens) + 1, dtype=np.int32)
         np.cumsum(x.query_lens, out=query_start_loc[1:])
+        query_lens = np.asarray(x.query_lens)
+        mixed = query_lens.size > 0 and 1 == query_lens.min() < query_lens.max()
         host = [x.input_ids.numpy(), x.positions.numpy(), x.slot_mapping.numpy(), x.block_tables.numpy(),
                 np.asarray(x.seq_lens, dtype=np.int32), query_start_loc, np.asarray(x.sample_rows, dtype=np.int64)]
+        if mixed:
+            host.append(np.flatnonzero(query_lens > 1).astype(np.int32))
         if x.inflight is not None:
             host += [x.inflight[0].numpy(), x.inflight[1].numpy()]
-        input_ids, positions, slots, tables, seq_lens, query_start_loc, rows, *fill = self._upload(host)
-        if fill:        # the previous step's tokens, still on the device, into their slots
-            dst, src = fill
+        input_ids, positions, slots, tables, seq_lens, query_start_loc, rows, *rest = self._upload(host)
+        prefill_rows = rest.pop(0) if mixed else None
+        if rest:        # the previous step's tokens, still on the device, into their slots
+            dst, src = rest
             input_ids.index_copy_(0, dst, self.last_token_ids[src])
         if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
             return self.graphs.run(input_ids, positions, slots, seq_lens, tables)
         md = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start_loc, seq_lens=seq_lens,
                                block_tables=tables, max_query_len=max(x.query_lens), max_seq_len=max(x.seq_lens),
-                               query_lens_cpu=x.query_lens, seq_lens_cpu=x.seq_lens)
+                               query_lens_cpu=x.query_lens, seq_lens_cpu=x.seq_lens, prefill_rows=prefill_rows)
         extra = {} if x.mm_embeds is None else {"mm_embeds": x.mm_embeds}
         hidden = self.model(input_ids, positions, md, **extra)
         if not x.sample_rows:

@@ -28,6 +28,8 @@ class AttentionMetadata:
     # host copies, so the CPU path can split decodes from prefills without a device sync
     query_lens_cpu: list[int] | None = None
     seq_lens_cpu: list[int] | None = None
+    # [P] int32, in steps that mix single-token rows with longer chunks: the rows with more than one token
+    prefill_rows: torch.Tensor | None = None
 
     @property
     def is_decode_only(self) -> bool:
