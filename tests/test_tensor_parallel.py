@@ -105,6 +105,40 @@ def test_failed_step_stops_the_workers(llama_path, monkeypatch, fault):
     assert llm.generate(PROMPTS[:1], PARAMS, use_tqdm=False)[0].error_code == 200
 
 
+# run at interpreter start-up in every process of the test's subprocess: rank 1's model loading fails
+FAIL_RANK_1_LOADING = """
+import multiprocessing
+from fastdeploy.worker import model_runner
+
+def get_model(*args, _load=model_runner.get_model, **kwargs):
+    if multiprocessing.current_process().name == "fastdeploy-tp-rank1":
+        raise MemoryError("injected: rank 1 ran out of memory loading its shard")
+    return _load(*args, **kwargs)
+
+model_runner.get_model = get_model
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=two_gpus)])
+def test_worker_that_fails_to_load_is_reported(llama_path, device, tmp_path):
+    """A rank that fails while loading its shard (e.g. out of memory on its GPU) makes the LLM constructor
+    raise with that rank's traceback; the driver does not wait in its first collective for a peer that
+    will never join (with NCCL it would until the timeout, which then kills the process)."""
+    (tmp_path / "sitecustomize.py").write_text(FAIL_RANK_1_LOADING)
+    script = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+              "from test_tensor_parallel import tiny_llm\n"
+              "if __name__ == '__main__':\n"
+              "    try:\n"
+              f"        tiny_llm({str(llama_path)!r}, device={device!r})\n"
+              "    except RuntimeError as e:\n"
+              "        print('raised:', e)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "raised: tensor-parallel worker 1 failed" in out.stdout        # reported by the load handshake
+    assert "injected: rank 1 ran out of memory loading its shard" in out.stdout
+
+
 def test_synchronous_steps_match(llama_path):
     """The default (async scheduling) feeds rank 0's sampled ids back on every rank; without it each step
     waits for them on the host."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,11 @@ class LaunchedStep:
 
 
 class ModelRunner:
-    def __init__(self, model_path: str, hf_config, args, dtype: torch.dtype, device: torch.device, rank: int = 0):
+    def __init__(self, model_path: str, hf_config, args, dtype: torch.dtype, device: torch.device, rank: int = 0,
+                 on_loaded: Callable[[], None] | None = None):
+        """`on_loaded` runs once the weights are in, before the first collective (tensor parallelism: the
+        ranks' handshake, so that a rank that fails to load is reported instead of leaving the others
+        blocked in the profiling run's all-reduce until NCCL's timeout)."""
         self.args = args
         self.hf_config = hf_config
         self.dtype = dtype
@@ -90,6 +95,8 @@ class ModelRunner:
         with tensor_parallel(rank, self.world_size):
             self.model = get_model(model_path, hf_config, dtype, device, args.load_format,
                                    quantization=args.quantization)
+        if on_loaded is not None:
+            on_loaded()
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.sampler = Sampler()
         self.vocab_size = hf_config.get_text_config().vocab_size

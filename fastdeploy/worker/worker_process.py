@@ -67,7 +67,8 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection) -> None:
         else:                           # share the cores with the other ranks
             torch.set_num_threads(max(1, torch.get_num_threads() // world))
         init_process_group(rank, world, spec.port, device)
-        runner = ModelRunner(spec.model_path, spec.hf_config, spec.args, spec.dtype, device, rank=rank)
+        runner = ModelRunner(spec.model_path, spec.hf_config, spec.args, spec.dtype, device, rank=rank,
+                             on_loaded=lambda: conn.send(("loaded", None)))
         conn.send(("ready", None))
         while (message := conn.recv_bytes()) != STOP:
             runner.follow(pickle.loads(message))
@@ -110,7 +111,8 @@ class TensorParallelExecutor:
             self._workers.expect("started")
             init_process_group(0, world, spec.port, spec.device_of(0))
             self._workers.owns_group = True
-            self.runner = self._workers.runner = ModelRunner(model_path, hf_config, args, dtype, device, rank=0)
+            self.runner = self._workers.runner = ModelRunner(model_path, hf_config, args, dtype, device, rank=0,
+                                                             on_loaded=lambda: self._workers.expect("loaded"))
             self._workers.expect("ready")
         except BaseException as e:
             self._stop_and_raise(e)
