@@ -107,7 +107,8 @@ def store_kvcache(k, v, k_cache, v_cache, slot_mapping) -> None:
 
 def paged_attention(q, k_cache, v_cache, md, scale: float) -> torch.Tensor:
     if q.is_cuda and triton_kernels("triton_attention") is not None:
-        return triton_kernels("triton_attention").paged_attention(q, k_cache, v_cache, md.query_start_loc, md.seq_lens, md.block_tables,
-                                         scale, md.max_query_len, md.prefill_rows)
+        return triton_kernels("triton_attention").paged_attention(
+            q, k_cache, v_cache, md.query_start_loc, md.seq_lens, md.block_tables, scale, md.max_query_len,
+            md.prefill_rows)
     return paged_attention_ref(q, k_cache, v_cache, md.query_start_loc, md.seq_lens, md.block_tables, scale,
                                md.query_lens_cpu, md.seq_lens_cpu)

@@ -1,17 +1,18 @@
 """Triton weight-only quantized matmul (formats in quant_matmul.py), dequantizing in the inner loop.
 
 - `_gemv_kernel` (M <= GEMV_MAX_M, single-row decode; not wint4 rows much longer than there are rows): memory
-  bound, so it is built to stream the weight bytes at bandwidth. Each program owns a few (BLOCK_N) whole weight rows and walks K
-  in wide chunks: every thread issues 16-byte loads of one row's contiguous bytes, and with few rows per program
-  there are N / BLOCK_N programs (1024 for N = 4096) to keep enough loads in flight. Products accumulate
-  elementwise in an fp32 register tile and are reduced across K once, after the loop (no shuffles inside it).
-  The integers become floats without the slow int-to-float unit: a small integer OR'ed (int4 nibble) or added
-  (int8) into the bit pattern of 2^23 (resp. 1.5 * 2^23) is that float plus the integer, exactly, and one
-  subtraction removes the offset. wint4 goes further, as it would be bound by these integer and float
-  instructions rather than by memory (H100): a nibble n enters as the float 128 + n, made from its byte by one
-  byte permute, and each group's dot product sheds the bias (136 times the group's sum of x) before its scale
-  multiplies it. The int8 per-channel scale is applied once at the end. Rows run as separate programs
-  (grid axis 0 is the row, fastest), so the few rows of a decode batch re-read each weight tile from L2.
+  bound, so it is built to stream the weight bytes at bandwidth. Each program owns a few (BLOCK_N) whole weight
+  rows and walks K in wide chunks: every thread issues 16-byte loads of one row's contiguous bytes, and with few
+  rows per program there are N / BLOCK_N programs (1024 for N = 4096) to keep enough loads in flight. Products
+  accumulate elementwise in an fp32 register tile and are reduced across K once, after the loop (no shuffles
+  inside it; wint4 reduces each step's groups, see below). The integers become floats without the slow
+  int-to-float unit: a small integer OR'ed (int4 nibble) or added (int8) into the bit pattern of 2^23 (resp.
+  1.5 * 2^23) is that float plus the integer, exactly, and one subtraction removes the offset. wint4 goes
+  further, as it would be bound by these integer and float instructions rather than by memory (H100): a nibble
+  n enters as the float 128 + n, made from its byte by one byte permute, and each group's dot product sheds the
+  bias (136 times the group's sum of x) before its scale multiplies it. The int8 per-channel scale is applied
+  once at the end. Rows run as separate programs (grid axis 0 is the row, fastest), so the few rows of a decode
+  batch re-read each weight tile from L2.
 - `_gemm_kernel` (larger M): tensor-core tiles of y^T = W x^T, walking K one 128-wide block at a time as a low
   and a high half of 64 (the two nibbles of an int4 byte; for int8 simply the two halves). The weight tile is
   the dot's first operand, K-contiguous as stored: on the H100 Triton then streams it into shared memory
