@@ -300,9 +300,9 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, x: StepInputs) -> torch.Tensor | None:
         """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
-        query_start_loc = np.zeros(len(x.query_lens) + 1, dtype=np.int32)
-        np.cumsum(x.query_lens, out=query_start_loc[1:])
-        query_lens = np.asarray(x.query_lens)
+        query_lens = np.asarray(x.query_lens, dtype=np.int32)
+        query_start_loc = np.zeros(len(query_lens) + 1, dtype=np.int32)
+        np.cumsum(query_lens, out=query_start_loc[1:])
         mixed = query_lens.size > 0 and 1 == query_lens.min() < query_lens.max()
         host = [x.input_ids.numpy(), x.positions.numpy(), x.slot_mapping.numpy(), x.block_tables.numpy(),
                 np.asarray(x.seq_lens, dtype=np.int32), query_start_loc, np.asarray(x.sample_rows, dtype=np.int64)]
