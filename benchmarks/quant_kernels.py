@@ -167,9 +167,12 @@ def run_sweep():
                 continue
             c = tq.GemvConfig(bn, bk, warps, stages)
             times[c] = timed(x, c)
+        if bits == 4:       # the tensor-core GEMV (bf16)
+            for c in itertools.starmap(tq.MmaGemvConfig, itertools.product((2, 4, 8), (2, 4, 8), (1, 2, 3))):
+                times[c] = timed(x, c)
         default = timed(x)
         print(f"{method} {name:<8} M=1 default {default * 1e6:6.1f} ({nbytes / default / 1e9:4.0f} GB/s); "
-              + _top(times, gemv_fmt), flush=True)
+              + _top(times, lambda c: gemv_fmt(c) if isinstance(c, tq.GemvConfig) else f"mma {c}"), flush=True)
         for m in (2, 4, 8, 16):
             xm = torch.randn(m, k, device=DEV, dtype=DTYPE)
             t_gemv = timed(xm, tq.GEMV_WINT4 if bits == 4 else tq.GEMV_DEFAULT[bits])

@@ -139,6 +139,31 @@ def test_float_gemv_matches_linear(dtype, n, k, bias):
         torch.testing.assert_close(qm.linear(x.cuda(), w.cuda(), None if b is None else b.cuda()).cpu(), got)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
+@pytest.mark.parametrize("config", [None, tq.MmaGemvConfig(2, 4, 1), tq.MmaGemvConfig(8, 2, 3), tq.MmaGemvConfig(4, 8, 2)])
+@pytest.mark.parametrize("n,k,bias", [(40, 300, True), (16, 128, False), (8, 4096, False), (4100, 4096, True),
+                                      (70, 1100, False), (300, 14336, False), (33, 1028, True)])
+def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
+    """The tensor-core wint4 GEMV (bf16 rows): K not a multiple of the block or of the groups per step (the
+    masked loads), N not a multiple of the rows per program, an x row that starts at an odd int64 offset.
+    Each config also passes the kernel's own once-per-config check, which the dispatcher relies on."""
+    gen = torch.Generator().manual_seed(n + k)
+    q, s = qm.quantize_int4(torch.randn(n, k, generator=gen) * 0.1)
+    x = torch.randn(2, k, generator=gen).to(torch.bfloat16)
+    b = torch.randn(n, generator=gen).to(torch.bfloat16) if bias else None
+    want = qm.matmul_ref(x.float(), q, s.float(), 4, None if b is None else b.float())
+    xd, qd, sd, bd = (None if t is None else t.cuda() for t in (x, q, s, b))
+    # an x row that starts 2 bytes into an int64 is not the kernel's (the dispatcher takes another path)
+    misaligned = torch.cat([torch.zeros(1, dtype=torch.bfloat16), x[1]]).cuda()[1:]
+    assert tq._checked_mma_config(config or tq.GEMV_WINT4_MMA, xd.device)
+    assert tq._mma_gemv_fits(xd[1:], qd) and not tq._mma_gemv_fits(misaligned[None], qd)
+    for got, ref in ((tq.quant_matmul(xd, qd, sd, 4, bd, config=config or tq.GEMV_WINT4_MMA), want),
+                     (tq.quant_matmul(xd[1:], qd, sd, 4, bd), want[1:]),
+                     (tq.quant_matmul(misaligned, qd, sd, 4, bd), want[1])):
+        err = (got.float().cpu() - ref).abs().max() / (1 + ref.abs().max())
+        assert err < KERNEL_TOL[torch.bfloat16], f"{n=} {k=} err {err:.2e}"
+
+
 # ------------------------------------------------------------------- PyTorch's CPU kernels (bf16 activations)
 
 def _cpu_formats():
