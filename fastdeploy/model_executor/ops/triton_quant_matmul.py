@@ -492,6 +492,9 @@ class MmaGemvConfig:
     num_warps: int = 4
     num_stages: int = 2
 
+    def __post_init__(self):
+        assert self.reps % 2 == 0, "the kernel's mma takes two rows per thread"
+
 
 GEMV_WINT4_MMA = MmaGemvConfig()
 
