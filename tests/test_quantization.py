@@ -156,7 +156,8 @@ def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
     # an x row that starts 2 bytes into an int64 is not the kernel's (the dispatcher takes another path)
     misaligned = torch.cat([torch.zeros(1, dtype=torch.bfloat16), x[1]]).cuda()[1:]
     assert tq._checked_mma_config(config or tq.GEMV_WINT4_MMA, xd.device)
-    assert tq._mma_gemv_fits(xd[1:], qd) and not tq._mma_gemv_fits(misaligned[None], qd)
+    fits = lambda x: tq._mma_gemv_fits(x, qd, tq.GEMV_WINT4_MMA)  # noqa: E731
+    assert fits(xd[1:]) and not fits(misaligned[None])
     for got, ref in ((tq.quant_matmul(xd, qd, sd, 4, bd, config=config or tq.GEMV_WINT4_MMA), want),
                      (tq.quant_matmul(xd[1:], qd, sd, 4, bd), want[1:]),
                      (tq.quant_matmul(misaligned, qd, sd, 4, bd), want[1])):

@@ -497,6 +497,13 @@ class MmaGemvConfig:
 
 
 GEMV_WINT4_MMA = MmaGemvConfig()
+# rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N): None leaves them to the split-K GEMM
+GEMV_WINT4_MMA_LONG_K: MmaGemvConfig | None = None
+
+
+def mma_gemv_config(n: int, k: int) -> MmaGemvConfig | None:
+    """The tensor-core wint4 GEMV's launch config for an [n, k] weight, or None where another kernel is faster."""
+    return GEMV_WINT4_MMA_LONG_K if k > 2 * n else GEMV_WINT4_MMA
 
 
 @dataclass(frozen=True)
@@ -572,12 +579,13 @@ def _gemv_wint4(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     return y
 
 
-def _mma_gemv_fits(x2: torch.Tensor, qweight: torch.Tensor) -> bool:
+def _mma_gemv_fits(x2: torch.Tensor, qweight: torch.Tensor, config: MmaGemvConfig | None) -> bool:
     """Whether `_gemv_wint4_kernel` takes these operands: bf16 rows it can read as int64 (4 values), on a GPU
     with bf16 mma.sync (sm_80+), int32-aligned weight rows, and a launch config that passed its check."""
-    return (x2.dtype == torch.bfloat16 and x2.shape[1] % 4 == 0 and x2.stride(0) % 4 == 0
-            and x2.data_ptr() % 8 == 0 and qweight.stride(0) % 4 == 0 and qweight.data_ptr() % 16 == 0
-            and _compute_capability(x2.device) >= (8, 0) and _checked_mma_config(GEMV_WINT4_MMA, x2.device))
+    return (config is not None and x2.dtype == torch.bfloat16 and x2.shape[1] % 4 == 0
+            and x2.stride(0) % 4 == 0 and x2.data_ptr() % 8 == 0 and qweight.stride(0) % 4 == 0
+            and qweight.data_ptr() % 16 == 0 and _compute_capability(x2.device) >= (8, 0)
+            and _checked_mma_config(config, x2.device))
 
 
 _MMA_CHECKED: dict[tuple[MmaGemvConfig, torch.device], bool] = {}
@@ -628,11 +636,13 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     formats = dict(GROUP=group, HAS_MIN=mins is not None)
     m_ptr = mins if mins is not None else scale
     use_ptx = PTX and bits == 4 and not group          # wint4's nibble conversions in PTX (not the interpreter's)
-    # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) leave the GEMV too few programs
-    # to stream at bandwidth; the split-K GEMM takes them (H100: 17.8 against 20.3 us)
+    if config is None and M <= GEMV_MAX_M and use_ptx and _mma_gemv_fits(x2, qweight, mma_gemv_config(N, K)):
+        config = mma_gemv_config(N, K)
+    if isinstance(config, MmaGemvConfig):
+        return _gemv_wint4(x2, qweight, scale, bias, config).view(*x.shape[:-1], N)
+    # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) leave the CUDA-core GEMV too
+    # few programs to stream at bandwidth; the split-K GEMM takes them (H100: 17.8 against 20.3 us)
     gemv = M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)
-    if isinstance(config, MmaGemvConfig) or (config is None and gemv and use_ptx and _mma_gemv_fits(x2, qweight)):
-        return _gemv_wint4(x2, qweight, scale, bias, config or GEMV_WINT4_MMA).view(*x.shape[:-1], N)
     if isinstance(config, GemvConfig) or (config is None and gemv):
         y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx)
         return y.view(*x.shape[:-1], N)
