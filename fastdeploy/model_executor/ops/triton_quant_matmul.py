@@ -13,6 +13,9 @@
   bias (136 times the group's sum of x) before its scale multiplies it. The int8 per-channel scale is applied
   once at the end. Rows run as separate programs (grid axis 0 is the row, fastest), so the few rows of a decode
   batch re-read each weight tile from L2.
+- `_gemv_wint4_kernel` (wint4, one bf16 row, PTX): the CUDA-core GEMV above spends ~4 instructions per weight
+  and so streams wint4 at half the bandwidth; this one dequantizes into mma.sync fragments (~1.7 instructions
+  per weight), the mma summing each 128-input group across the 4 threads that hold it (see the kernel).
 - `_gemm_kernel` (larger M): tensor-core tiles of y^T = W x^T, walking K one 128-wide block at a time as a low
   and a high half of 64 (the two nibbles of an int4 byte; for int8 simply the two halves). The weight tile is
   the dot's first operand, K-contiguous as stored: on the H100 Triton then streams it into shared memory
