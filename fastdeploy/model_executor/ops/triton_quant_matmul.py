@@ -499,7 +499,9 @@ class MmaGemvConfig:
         assert self.reps % 2 == 0, "the kernel's mma takes two rows per thread"
 
 
-GEMV_WINT4_MMA = MmaGemvConfig()
+# least time over a Llama-3-8B layer's linears on an H200 (`benchmarks/quant_kernels.py --sweep`; 8 warps of 16
+# rows: more programs, each reading 8 groups per step); down_proj keeps the split-K GEMM, as fast there
+GEMV_WINT4_MMA = MmaGemvConfig(reps=2, num_warps=8, num_stages=2)
 # rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N): None leaves them to the split-K GEMM
 GEMV_WINT4_MMA_LONG_K: MmaGemvConfig | None = None
 
