@@ -491,24 +491,24 @@ GEMV_WINT4 = GemvConfig(8, 2048, 4, 1)
 @dataclass(frozen=True)
 class MmaGemvConfig:
     """`_gemv_wint4_kernel`'s launch: 8 * reps weight rows per program, a 128-input group per warp and step."""
-    reps: int = 4
-    num_warps: int = 4
+    reps: int = 2
+    num_warps: int = 8
     num_stages: int = 2
 
     def __post_init__(self):
         assert self.reps % 2 == 0, "the kernel's mma takes two rows per thread"
 
 
-# least time over a Llama-3-8B layer's linears on an H200 (`benchmarks/quant_kernels.py --sweep`; 8 warps of 16
-# rows: more programs, each reading 8 groups per step); down_proj keeps the split-K GEMM, as fast there
-GEMV_WINT4_MMA = MmaGemvConfig(reps=2, num_warps=8, num_stages=2)
-# rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N): None leaves them to the split-K GEMM
-GEMV_WINT4_MMA_LONG_K: MmaGemvConfig | None = None
+# least time over a Llama-3-8B layer's linears on an H200 (`benchmarks/quant_kernels.py --sweep`): 16 rows and
+# 8 warps per program, i.e. many programs, each reading 8 groups of its rows per step
+GEMV_WINT4_MMA = MmaGemvConfig()
 
 
 def mma_gemv_config(n: int, k: int) -> MmaGemvConfig | None:
-    """The tensor-core wint4 GEMV's launch config for an [n, k] weight, or None where another kernel is faster."""
-    return GEMV_WINT4_MMA_LONG_K if k > 2 * n else GEMV_WINT4_MMA
+    """The tensor-core wint4 GEMV's launch config for an [n, k] weight, or None where another kernel is faster:
+    rows much longer than there are rows (Llama-3-8B's down_proj, K = 3.5 N) stay on the split-K GEMM, which
+    spreads them over more programs (H200: 16.7 against 17.2 us at its best config)."""
+    return None if k > 2 * n else GEMV_WINT4_MMA
 
 
 @dataclass(frozen=True)
