@@ -140,7 +140,8 @@ def test_float_gemv_matches_linear(dtype, n, k, bias):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
-@pytest.mark.parametrize("config", [None, tq.MmaGemvConfig(2, 4, 1), tq.MmaGemvConfig(8, 2, 3), tq.MmaGemvConfig(4, 8, 2)])
+@pytest.mark.parametrize("config", [None, tq.MmaGemvConfig(2, 4, 1), tq.MmaGemvConfig(8, 2, 3),
+                                    tq.MmaGemvConfig(4, 8, 2)])
 @pytest.mark.parametrize("n,k,bias", [(40, 300, True), (16, 128, False), (8, 4096, False), (4100, 4096, True),
                                       (70, 1100, False), (300, 14336, False), (33, 1028, True)])
 def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
