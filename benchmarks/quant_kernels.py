@@ -30,6 +30,7 @@ from triton.testing import do_bench  # noqa: E402
 
 from fastdeploy.model_executor.ops import quant_matmul as qm  # noqa: E402
 from fastdeploy.model_executor.ops import triton_quant_matmul as tq  # noqa: E402
+from fastdeploy.model_executor.ops import triton_wint4_gemv as w4  # noqa: E402
 
 DEV, DTYPE, TOL = "cuda", torch.bfloat16, 2e-2
 # (K, N) of Llama-3-8B's linears and how many of each a layer has (gate and up are two 4096 x 14336)
@@ -168,7 +169,7 @@ def run_sweep():
             c = tq.GemvConfig(bn, bk, warps, stages)
             times[c] = timed(x, c)
         if bits == 4:       # the tensor-core GEMV (bf16)
-            for c in itertools.starmap(tq.MmaGemvConfig, itertools.product((2, 4, 8), (2, 4, 8), (1, 2, 3))):
+            for c in itertools.starmap(w4.MmaGemvConfig, itertools.product((2, 4, 8), (2, 4, 8), (1, 2, 3))):
                 times[c] = timed(x, c)
         default = timed(x)
         print(f"{method} {name:<8} M=1 default {default * 1e6:6.1f} ({nbytes / default / 1e9:4.0f} GB/s); "

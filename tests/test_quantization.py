@@ -75,6 +75,7 @@ def test_refs_equal_float_matmul_on_dequantized_weights():
 
 triton = pytest.importorskip("triton")
 from fastdeploy.model_executor.ops import triton_quant_matmul as tq  # noqa: E402
+from fastdeploy.model_executor.ops import triton_wint4_gemv as w4  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -140,8 +141,8 @@ def test_float_gemv_matches_linear(dtype, n, k, bias):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
-@pytest.mark.parametrize("config", [None, tq.MmaGemvConfig(2, 4, 1), tq.MmaGemvConfig(8, 2, 3),
-                                    tq.MmaGemvConfig(4, 8, 2)])
+@pytest.mark.parametrize("config", [None, w4.MmaGemvConfig(2, 4, 1), w4.MmaGemvConfig(8, 2, 3),
+                                    w4.MmaGemvConfig(4, 8, 2)])
 @pytest.mark.parametrize("n,k,bias", [(40, 300, True), (16, 128, False), (8, 4096, False), (4100, 4096, True),
                                       (70, 1100, False), (300, 14336, False), (33, 1028, True)])
 def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
@@ -156,10 +157,9 @@ def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
     xd, qd, sd, bd = (None if t is None else t.cuda() for t in (x, q, s, b))
     # an x row that starts 2 bytes into an int64 is not the kernel's (the dispatcher takes another path)
     misaligned = torch.cat([torch.zeros(1, dtype=torch.bfloat16), x[1]]).cuda()[1:]
-    assert tq._checked_mma_config(config or tq.GEMV_WINT4_MMA, xd.device)
-    fits = lambda x: tq._mma_gemv_fits(x, qd, tq.GEMV_WINT4_MMA)  # noqa: E731
-    assert fits(xd[1:]) and not fits(misaligned[None])
-    for got, ref in ((tq.quant_matmul(xd, qd, sd, 4, bd, config=config or tq.GEMV_WINT4_MMA), want),
+    assert w4.checked_config(config or w4.DEFAULT_CONFIG, xd.device)
+    assert w4.fits(xd[1:], qd, w4.DEFAULT_CONFIG) and not w4.fits(misaligned[None], qd, w4.DEFAULT_CONFIG)
+    for got, ref in ((tq.quant_matmul(xd, qd, sd, 4, bd, config=config or w4.DEFAULT_CONFIG), want),
                      (tq.quant_matmul(xd[1:], qd, sd, 4, bd), want[1:]),
                      (tq.quant_matmul(misaligned, qd, sd, 4, bd), want[1])):
         err = (got.float().cpu() - ref).abs().max() / (1 + ref.abs().max())
