@@ -1,6 +1,7 @@
 """Where a decode step's time goes: host functions (cProfile) and GPU kernels (torch.profiler).
 
     python benchmarks/profile_step.py --shape smollm2-135m --batch 1
+    python benchmarks/profile_step.py --shape llama3-8b --quantization wint4
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--quantization", default=None, help="wint8 or wint4")
     ap.add_argument("--prompt-len", type=int, nargs=2, default=[128, 128], help="min and max prompt length")
     args = ap.parse_args()
     llm = dummy_llm(shape_dir(args.shape), max_num_seqs=max(args.batch, 1), max_model_len=2048,
-                    max_num_batched_tokens=8192)
+                    max_num_batched_tokens=8192, quantization=args.quantization)
     lo, hi = args.prompt_len
     prompts = random_prompts(args.batch, list(range(lo, hi + 1)), 1000)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)

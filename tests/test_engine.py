@@ -66,6 +66,18 @@ def test_preemption_keeps_results_exact(tiny):
     check(outs, expected)
 
 
+def test_start_up_warm_up_leaves_results_exact(tiny):
+    """On a GPU the runner runs warm-up steps at start (`_compile_kernels`: prefill and mixed steps of fresh
+    sequences, then random sampling), whose K/V land in blocks no request holds yet. Run here on the CPU
+    before the requests: their results stay exact, with prefix caching on."""
+    path, prompts, expected = tiny
+    llm = LLM(model=str(path), skip_tokenizer_init=True, device="cpu", block_size=16, max_model_len=128,
+              max_num_seqs=8, enable_prefix_caching=True)
+    llm.llm_engine.runner._compile_kernels()
+    params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=1)
+    check(llm.generate(prompts, params, use_tqdm=False), expected)
+
+
 def test_positions_past_max_position_embeddings(tmp_path):
     """max_model_len over the config's max_position_embeddings (256) is allowed, with a warning: decoding
     past position 256 gives transformers' tokens (which computes the rotary angles of any position)."""

@@ -83,14 +83,17 @@ KERNEL_DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bf
 KERNEL_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-def _kernel_case(bits, m, n, k, dtype, bias, seed):
+def _kernel_case(bits, m, n, k, dtype, bias, seed, config=None):
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=gen) * 0.1
     q, s = qm.QUANTIZE[bits](w.to(dtype))
     x = torch.randn(m, k, generator=gen).to(dtype)
     b = torch.randn(n, generator=gen).to(dtype) if bias else None
     to = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
-    got = tq.quant_matmul(to(x), to(q), to(s), bits, to(b)).cpu()
+    got = tq.quant_matmul(to(x), to(q), to(s), bits, to(b), config=config).cpu()
+    if config is not None:      # a second launch: split-K's arrival counters must be back at zero
+        torch.testing.assert_close(tq.quant_matmul(to(x), to(q), to(s), bits, to(b), config=config).cpu(), got,
+                                   rtol=0, atol=0)
     want = qm.matmul_ref(x.float(), q, s.float() if bits == 4 else s, bits, None if b is None else b.float())
     # relative to the output scale: the reference rounds the dequantized weight to dtype, the kernel does not
     err = (got.float() - want).abs().max() / (1 + want.abs().max())
@@ -105,6 +108,15 @@ def _kernel_case(bits, m, n, k, dtype, bias, seed):
                                    (20, 64, 384), (33, 24, 130)])
 def test_kernel_matches_reference(bits, dtype, m, n, k):
     _kernel_case(bits, m, n, k, dtype, bias=m % 2 == 1, seed=m * 1000 + n + k)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("split_k", [2, 3, 6])
+def test_split_k_gemm_matches_reference(bits, split_k):
+    """The tiled kernel with K shared by split_k programs per tile (the last to finish sums the shares): 7 blocks
+    of K in unequal shares (with split_k 6, 2, 2, 2, 1, 0 and 0), two rows of tiles."""
+    _kernel_case(bits, 20, 40, 7 * 128 - 20, torch.float32, bias=True, seed=split_k,
+                 config=tq.GemmConfig(16, 32, 4, 2, split_k))
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -142,12 +154,14 @@ def test_float_gemv_matches_linear(dtype, n, k, bias):
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
 @pytest.mark.parametrize("config", [None, w4.MmaGemvConfig(2, 4, 1), w4.MmaGemvConfig(8, 2, 3),
-                                    w4.MmaGemvConfig(4, 8, 2)])
+                                    w4.MmaGemvConfig(4, 8, 2), w4.MmaGemvConfig(2, 8, 2, split_k=2),
+                                    w4.MmaGemvConfig(2, 4, 2, split_k=3), w4.MmaGemvConfig(4, 8, 2, split_k=8)])
 @pytest.mark.parametrize("n,k,bias", [(40, 300, True), (16, 128, False), (8, 4096, False), (4100, 4096, True),
                                       (70, 1100, False), (300, 14336, False), (33, 1028, True)])
 def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
     """The tensor-core wint4 GEMV (bf16 rows): K not a multiple of the block or of the groups per step (the
-    masked loads), N not a multiple of the rows per program, an x row that starts at an odd int64 offset.
+    masked loads), N not a multiple of the rows per program, an x row that starts at an odd int64 offset; with
+    split-K, splits with no steps (K short of the splits), and a second launch on the reset counters.
     Each config also passes the kernel's own once-per-config check, which the dispatcher relies on."""
     gen = torch.Generator().manual_seed(n + k)
     q, s = qm.quantize_int4(torch.randn(n, k, generator=gen) * 0.1)
@@ -159,11 +173,14 @@ def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
     misaligned = torch.cat([torch.zeros(1, dtype=torch.bfloat16), x[1]]).cuda()[1:]
     assert w4.checked_config(config or w4.DEFAULT_CONFIG, xd.device)
     assert w4.fits(xd[1:], qd, w4.DEFAULT_CONFIG) and not w4.fits(misaligned[None], qd, w4.DEFAULT_CONFIG)
-    for got, ref in ((tq.quant_matmul(xd, qd, sd, 4, bd, config=config or w4.DEFAULT_CONFIG), want),
+    got_first = tq.quant_matmul(xd, qd, sd, 4, bd, config=config or w4.DEFAULT_CONFIG)
+    for got, ref in ((got_first, want),
                      (tq.quant_matmul(xd[1:], qd, sd, 4, bd), want[1:]),
                      (tq.quant_matmul(misaligned, qd, sd, 4, bd), want[1])):
         err = (got.float().cpu() - ref).abs().max() / (1 + ref.abs().max())
         assert err < KERNEL_TOL[torch.bfloat16], f"{n=} {k=} err {err:.2e}"
+    if config is not None and config.split_k > 1:
+        torch.testing.assert_close(tq.quant_matmul(xd, qd, sd, 4, bd, config=config), got_first, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------- PyTorch's CPU kernels (bf16 activations)

@@ -17,6 +17,7 @@ import torch
 
 from fastdeploy.distributed import min_over_ranks, tensor_model_parallel_broadcast, tensor_parallel
 from fastdeploy.engine.request import Request
+from fastdeploy.engine.sampling_params import SamplingParams
 from fastdeploy.engine.scheduler import ScheduledRequest
 from fastdeploy.model_executor.layers.attention import Attention, AttentionMetadata
 from fastdeploy.input.multimodal import MultimodalEmbeds
@@ -106,6 +107,8 @@ class ModelRunner:
         self.graphs = None      # captured once the cache exists; profiling runs eagerly
         self.num_blocks = self._profile_num_blocks()
         self._allocate_kv_cache(self.num_blocks)
+        if device.type == "cuda":
+            self._compile_kernels()
         self.block_tables = PersistentBlockTables(-(-args.max_model_len // self.block_size))
         # decode graphs are captured with 1-D positions, so multimodal models run eagerly
         if device.type == "cuda" and not args.enforce_eager and not self.multimodal:
@@ -150,16 +153,9 @@ class ModelRunner:
         while n > 0:
             seq_lens.append(min(n, self.args.max_model_len))
             n -= seq_lens[-1]
-        blocks_per_seq = -(-max(seq_lens) // self.block_size)
-        self._allocate_kv_cache(blocks_per_seq * len(seq_lens))
-        # each sequence writes into its own blocks; logits for max_num_seqs rows, as a step can have
-        tables = np.arange(blocks_per_seq * len(seq_lens), dtype=np.int32).reshape(len(seq_lens), blocks_per_seq)
-        positions = np.concatenate([np.arange(n) for n in seq_lens])
-        slots = _slot_mapping(tables, np.repeat(np.arange(len(seq_lens)), seq_lens), positions, self.block_size)
-        x = StepInputs(torch.zeros(len(positions), dtype=torch.long), torch.from_numpy(positions),
-                       torch.from_numpy(slots), torch.from_numpy(tables), seq_lens, seq_lens,
-                       list(range(min(self.args.max_num_seqs, len(positions)))))
-        self.forward(x)
+        self._allocate_kv_cache(len(seq_lens) * -(-max(seq_lens) // self.block_size))
+        # logits for max_num_seqs rows, as a step can have
+        self.forward(self._fresh_sequences(seq_lens, list(range(min(self.args.max_num_seqs, sum(seq_lens))))))
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         self._free_kv_cache()
@@ -168,6 +164,40 @@ class ModelRunner:
         used_by_others = total - free - torch.cuda.memory_reserved(self.device)
         budget = total * self.args.gpu_memory_utilization - peak - used_by_others
         return int(budget // self._kv_block_bytes())
+
+    def _fresh_sequences(self, query_lens: list[int], sample_rows: list[int] | None = None) -> StepInputs:
+        """A step of new sequences with these lengths, from position 0, each in its own blocks (0, 1, ... in
+        order); by default each samples its last token."""
+        blocks_per_seq = -(-max(query_lens) // self.block_size)
+        tables = np.arange(blocks_per_seq * len(query_lens), dtype=np.int32).reshape(len(query_lens), blocks_per_seq)
+        positions = np.concatenate([np.arange(n) for n in query_lens])
+        slots = _slot_mapping(tables, np.repeat(np.arange(len(query_lens)), query_lens), positions, self.block_size)
+        if sample_rows is None:
+            sample_rows = (np.cumsum(query_lens) - 1).tolist()
+        return StepInputs(torch.zeros(len(positions), dtype=torch.long), torch.from_numpy(positions),
+                          torch.from_numpy(slots), torch.from_numpy(tables), query_lens, query_lens, sample_rows)
+
+    # (query lengths of a step): prefills of token counts in each of the quantized GEMM's row-count classes, and
+    # prefill chunks of <= 64 and > 64 tokens (the attention's two query tiles) alone and beside a decode row
+    WARM_UP_STEPS = ([16], [32], [64], [100], [1, 40], [1, 99])
+
+    def _compile_kernels(self) -> None:
+        """Runs, once at start, the step shapes whose kernel variants neither the profiling prefill nor the decode
+        graphs compile, and random sampling (compiled by torch.compile), so that their JIT compilation (about
+        a second each on an H200 host) is not paid inside the first requests that need them. The steps write
+        K/V into blocks that no request holds yet."""
+        limit = min(self.args.max_model_len, self.args.max_num_batched_tokens)
+        for query_lens in self.WARM_UP_STEPS:
+            blocks = len(query_lens) * -(-max(query_lens) // self.block_size)
+            if sum(query_lens) <= limit and len(query_lens) <= self.args.max_num_seqs and blocks <= self.num_blocks:
+                self.forward(self._fresh_sequences(query_lens))
+        for rows in (1, 2):         # torch.compile specializes on one row
+            params = [SamplingParams(temperature=0.8, top_p=0.9, top_k=20, seed=0).resolved()] * rows
+            meta = SamplingMetadata.build(params, [[0]] * rows, [[]] * rows, [[]] * rows, [[]] * rows,
+                                          self.vocab_size, self.device)
+            self.sampler(torch.zeros(rows, self.vocab_size, device=self.device), meta)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
         a = self.attention_layers[0]

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastdeploy.model_executor.ops.triton_split_k import arrived_last, check_counters, reset, tile_counters
+
 LOG2E = 1.4426950408889634
 
 
@@ -112,7 +114,9 @@ def _attn_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, head_off, sta
 # prefill / varlen attention
 # ----------------------------------------------------------------------------------------------------------
 
-@triton.jit
+# the block table's row stride is the step's widest table: not specialized on (its divisibility would compile
+# a variant per width class in the middle of serving)
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr, rows_ptr,
                     sm_scale_log2,
                     stride_qt, stride_qh, stride_ot, stride_oh,
@@ -207,14 +211,15 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 # decode attention (flash-decoding)
 # ----------------------------------------------------------------------------------------------------------
 
-@triton.jit
-def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
+@triton.jit(do_not_specialize=["num_splits", "stride_bt"])
+def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_lse_ptr, counter_ptr,
                    qsl_ptr, seq_lens_ptr, bt_ptr, sm_scale_log2, num_splits,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_cb, stride_cs, stride_ch, stride_bt,
                    stride_pb, stride_ph, stride_ps,
                    GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr):
+                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
+                   IEEE: tl.constexpr):
     # grid: (sequences, kv heads, splits). One program takes every query head of its kv head, so each
     # K/V tile is read once for the whole group; the rows are padded to BLOCK_H >= 16 for tl.dot.
     b = tl.program_id(0)
@@ -253,42 +258,39 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     mask = g_mask[:, None] & d_mask[None, :]
     if SPLIT:
-        # partial result normalised within the split, plus its log2-sum-exp2 for the reduce
+        # partial result normalised within the split, plus its log2-sum-exp2; the last split to finish merges
         lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
-        part = b.to(tl.int64) * stride_pb + heads * stride_ph + split * stride_ps
-        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=mask)
-        tl.store(part_lse_ptr + part, lse, mask=g_mask)
+        part = b.to(tl.int64) * stride_pb + heads * stride_ph
+        tl.store(part_out_ptr + (part + split * stride_ps)[:, None] * HEAD_DIM + offs_d[None, :], out, mask=mask)
+        tl.store(part_lse_ptr + part + split * stride_ps, lse, mask=g_mask)
+        counter = counter_ptr + b * tl.num_programs(1) + kvh
+        if arrived_last(counter, num_splits):
+            _merge_splits(out_ptr + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                          part_out_ptr, part_lse_ptr, part, stride_ps, num_splits, offs_d, g_mask, d_mask,
+                          HEAD_DIM, BLOCK_S)
+            reset(counter)
     else:
         tl.store(out_ptr + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _decode_reduce_kernel(out_ptr, part_out_ptr, part_lse_ptr, qsl_ptr, num_splits,
-                          stride_ot, stride_oh, stride_pb, stride_ph, stride_ps,
-                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    # grid: (sequences, query heads): merge the splits' partial softmaxes
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    tok = tl.load(qsl_ptr + b)
-    if tl.load(qsl_ptr + b + 1) - tok != 1:
-        return
+def _merge_splits(out_ptrs, part_out_ptr, part_lse_ptr, part, stride_ps, num_splits, offs_d, g_mask, d_mask,
+                  HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    """out [BLOCK_H, BLOCK_D] = the splits' partial softmaxes of each head (row offsets `part`) merged by weight."""
     offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < num_splits
-    d_mask = offs_d < HEAD_DIM
-    part = b.to(tl.int64) * stride_pb + h * stride_ph + offs_s * stride_ps
-    lse = tl.load(part_lse_ptr + part, mask=s_mask, other=float("-inf"))
-    m = tl.max(lse, 0)
+    rows = part[:, None] + offs_s[None, :] * stride_ps                                  # [BLOCK_H, BLOCK_S]
+    hs_mask = g_mask[:, None] & (offs_s < num_splits)[None, :]
+    lse = tl.load(part_lse_ptr + rows, mask=hs_mask, other=float("-inf"), cache_modifier=".cg")
+    m = tl.max(lse, 1)
     m = tl.where(m == float("-inf"), 0.0, m)    # empty sequence: every weight is 0, output 0
-    w = tl.exp2(lse - m)
-    denom = tl.sum(w, 0)
+    w = tl.exp2(lse - m[:, None])
+    denom = tl.sum(w, 1)
     denom = tl.where(denom == 0.0, 1.0, denom)
-    o = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :],
-                mask=s_mask[:, None] & d_mask[None, :], other=0.0)
-    out = tl.sum(o * w[:, None], 0) / denom
-    tl.store(out_ptr + tok.to(tl.int64) * stride_ot + h * stride_oh + offs_d,
-             out.to(out_ptr.dtype.element_ty), mask=d_mask)
+    o = tl.load(part_out_ptr + rows[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                mask=hs_mask[:, :, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg")
+    out = tl.sum(o * w[:, :, None], 1) / denom[:, None]
+    tl.store(out_ptrs, out.to(out_ptrs.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
 
 
 @functools.lru_cache(maxsize=None)
@@ -341,23 +343,18 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     else:
         part_out = part_lse = out  # unused
         pstrides = (0, 0, 0)
+    counters = tile_counters(q.device)
+    check_counters(counters, B * num_kv_heads)
     _decode_kernel[(B, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, out, part_out, part_lse,
+        q, k_cache, v_cache, out, part_out, part_lse, counters,
         query_start_loc, seq_lens, block_tables, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         *pstrides,
         GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, SPLIT=split, IEEE=fp32,
-        num_warps=4, num_stages=2 if fp32 else 3,
+        BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, SPLIT=split,
+        BLOCK_S=triton.next_power_of_2(num_splits), IEEE=fp32, num_warps=4, num_stages=2 if fp32 else 3,
     )
-    if split:
-        _decode_reduce_kernel[(B, num_heads)](
-            out, part_out, part_lse, query_start_loc, num_splits,
-            out.stride(0), out.stride(1), *pstrides,
-            HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-            BLOCK_S=triton.next_power_of_2(num_splits),
-        )
     return out
 
 

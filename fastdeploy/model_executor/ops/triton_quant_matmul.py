@@ -40,7 +40,6 @@ in a float model dequantized at load (H100, bf16, 4096 x 4096: the same max erro
 
 This module imports triton at the top: the dispatcher in quant_matmul.py imports it lazily.
 """
-import functools
 import os
 from dataclasses import dataclass
 
@@ -49,6 +48,7 @@ import triton
 import triton.language as tl
 
 from fastdeploy.model_executor.ops import triton_wint4_gemv as wint4_gemv
+from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK
 
 # The GEMV only for a single row: from M = 2 the tensor-core kernel, which reads each weight tile once for
@@ -302,7 +302,9 @@ def _dequant_half(w, s_ptr, m_ptr, rows, first_group, stride_sn, SUB: tl.constex
     return w
 
 
-@triton.jit
+# M, the step's token count, is not specialized on: its divisibility would compile a variant per class of
+# prompt length in the middle of serving
+@triton.jit(do_not_specialize=["M"])
 def _gemm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, partial_ptr, counter_ptr, M, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -346,16 +348,11 @@ def _gemm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, partial_ptr, counter_
         acc *= tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[:, None]
     mask = n_mask[:, None] & m_mask[None, :]
     if SPLIT_K > 1:
-        # partials are [SPLIT_K, M, N] fp32; the barrier puts every thread's stores before the counter's release
+        # partials are [SPLIT_K, M, N] fp32
         partials = partial_ptr + offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
-        tl.store(partials + pid_k * M * N, acc, mask=mask)
-        tl.debug_barrier()
         tile = counter_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        if tl.atomic_add(tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
-            acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            for k in tl.static_range(SPLIT_K):
-                acc += tl.load(partials + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(tile, 0, sem="relaxed", scope="gpu")       # ready for the next launch
+        last, acc = split_k_total(acc, partials, M * N, mask, tile, SPLIT_K)
+        if last:
             _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, n_mask, mask, stride_ym, HAS_BIAS)
     else:
         _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, n_mask, mask, stride_ym, HAS_BIAS)
@@ -408,14 +405,6 @@ def gemm_config(m: int, n: int, num_blocks: int) -> GemmConfig:
     if m <= 64:
         return GemmConfig(64, 64, 4, 4)
     return GemmConfig(128, 128, 8, 3)
-
-
-@functools.cache
-def _tile_counters(device: torch.device) -> torch.Tensor:
-    """The split-K arrival counters of a device: zero between launches (each tile's last program resets its own),
-    so one buffer serves every GEMM on the device's stream. Allocated at the first GEMM, which is a warm-up
-    before any CUDA graph capture."""
-    return torch.zeros(1 << 16, dtype=torch.int32, device=device)
 
 
 # the GEMV's grid has a program per BLOCK_N rows on CUDA's grid axis 1, which takes at most 65535
@@ -481,8 +470,8 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     grid = (triton.cdiv(M, c.block_m), triton.cdiv(N, c.block_n), split)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     partials = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
-    counters = _tile_counters(x.device)
-    assert grid[0] * grid[1] <= counters.numel(), "more output tiles than split-K counters"
+    counters = tile_counters(x.device)
+    check_counters(counters, grid[0] * grid[1])
     _gemm_kernel[grid](
         x2, qweight, scale, m_ptr, bias if bias is not None else y, y, partials, counters, M, N, K, num_blocks,
         x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK, matmul_ref, quantize_int4
+from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
 
 # wint4 GEMV on the tensor cores (see _gemv_wint4_kernel). In: 4 int32 (a group's quarter) of each of two
 # rows, then the bf16 pairs of their inputs (low nibbles: x01, x23; high: x01, x23; 8 registers each, the two
@@ -46,9 +47,9 @@ _WINT4_MMA_CONSTRAINTS = tl.constexpr(",".join(["=r"] * 8 + ["r"] * 40))
 
 
 @triton.jit
-def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, num_blocks, stride_xm, stride_w32, stride_sn,
-                       stride_ym, HAS_BIAS: tl.constexpr, REPS: tl.constexpr, WARPS: tl.constexpr,
-                       EVEN: tl.constexpr):
+def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_ptr, N, K, num_blocks, stride_xm,
+                       stride_w32, stride_sn, stride_ym, HAS_BIAS: tl.constexpr, REPS: tl.constexpr,
+                       WARPS: tl.constexpr, EVEN: tl.constexpr, SPLIT_K: tl.constexpr):
     """y = x W^T for one bf16 row x and wint4 W, dequantizing into mma.sync (PTX only). Each step, warp w takes
     group g0 + w (128 inputs: a row's 64 bytes, as 16 int32) of the program's 8 REPS rows. The tile is 2D,
     [REPS * WARPS * 8, 16] int32, its row i = (rep, w, j) holding weight row 8 rep + j: as Triton lays out a 2D
@@ -60,25 +61,30 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, num_blocks, stri
     same in every quad, so every output column holds the rows' results. The quad's threads each return a
     quarter of it (exact), which the sum over the tile's last axis adds up; then sum (128 + n) x - 136 sum(x)
     = sum (n - 8) x. `checked_config` tests this reliance on Triton's layout once per launch config.
-    x loads as int64 (4 bf16): K % 4 == 0 and an 8-byte aligned row. EVEN: K is a multiple of WARPS groups."""
+    x loads as int64 (4 bf16): K % 4 == 0 and an 8-byte aligned row. EVEN: K is a multiple of WARPS groups.
+    SPLIT_K > 1: program_id(2) takes a share of the steps, summed by triton_split_k (fp32 partials [SPLIT_K, M, N])."""
     m = tl.program_id(0).to(tl.int64)
+    # this split's groups: [g_start, g_end), whole steps of WARPS groups
+    steps_per_split = tl.cdiv(tl.cdiv(num_blocks, WARPS), SPLIT_K)
+    g_start = tl.program_id(2) * steps_per_split * WARPS
+    g_end = tl.minimum(num_blocks, g_start + steps_per_split * WARPS)
     T: tl.constexpr = REPS * WARPS * 8
     i = tl.arange(0, T)
     warp = (i // 8) % WARPS
     row = tl.program_id(1) * (8 * REPS) + (i // (8 * WARPS)) * 8 + i % 8
     row = tl.minimum(row, N - 1).to(tl.int64)               # clamped: the weight loads need no row mask
     offs_q = tl.arange(0, 16)
-    w_ptrs = (w_ptr.to(tl.pointer_type(tl.int32)) + row[:, None] * stride_w32 + warp[:, None] * 16
+    w_ptrs = (w_ptr.to(tl.pointer_type(tl.int32)) + row[:, None] * stride_w32 + (g_start + warp[:, None]) * 16
               + offs_q[None, :])
-    s_ptrs = s_ptr + row * stride_sn + warp
+    s_ptrs = s_ptr + row * stride_sn + g_start + warp
     # x per warp's group: [WARPS, 16] int64 (quarter q holds inputs 4q..4q+3 and 64 + 4q..), spread over the
     # tile; sum(x) per group from [WARPS, 128]
     k4 = tl.arange(0, WARPS)[:, None] * 32 + offs_q[None, :]
-    x4 = (x_ptr + m * stride_xm).to(tl.pointer_type(tl.int64)) + k4
+    x4 = (x_ptr + m * stride_xm).to(tl.pointer_type(tl.int64)) + g_start * 32 + k4
     k_group = tl.arange(0, WARPS)[:, None] * 128 + tl.arange(0, 128)[None, :]
-    x_group = x_ptr + m * stride_xm + k_group
+    x_group = x_ptr + m * stride_xm + g_start * 128 + k_group
     acc = tl.zeros([T], dtype=tl.float32)
-    for g0 in range(0, num_blocks, WARPS):
+    for g0 in range(g_start, g_end, WARPS):
         if EVEN:
             packed = tl.load(w_ptrs)
             x_lo = tl.load(x4)
@@ -105,9 +111,21 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, num_blocks, stri
         s_ptrs += WARPS
     out = tl.sum(tl.reshape(acc, (REPS, WARPS, 8)), axis=1)                   # [REPS, 8]: rows 8 rep + j
     rows = tl.program_id(1) * (8 * REPS) + tl.arange(0, REPS)[:, None] * 8 + tl.arange(0, 8)[None, :]
+    if SPLIT_K > 1:
+        counter = counter_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        last, out = split_k_total(out, partial_ptr + m * N + rows, tl.num_programs(0) * N, rows < N, counter,
+                                  SPLIT_K)
+        if last:
+            _store_row(out, rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS)
+    else:
+        _store_row(out, rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS)
+
+
+@triton.jit
+def _store_row(out, rows, b_ptr, y_row_ptr, N, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         out += tl.load(b_ptr + tl.minimum(rows, N - 1)).to(tl.float32)
-    tl.store(y_ptr + m * stride_ym + rows, out.to(y_ptr.dtype.element_ty), mask=rows < N)
+    tl.store(y_row_ptr + rows, out.to(y_row_ptr.dtype.element_ty), mask=rows < N)
 
 
 @triton.jit
@@ -119,10 +137,12 @@ def _spread_over_rows(v, REPS: tl.constexpr):
 
 @dataclass(frozen=True)
 class MmaGemvConfig:
-    """`_gemv_wint4_kernel`'s launch: 8 * reps weight rows per program, a 128-input group per warp and step."""
+    """`_gemv_wint4_kernel`'s launch: 8 * reps weight rows per program, a 128-input group per warp and step, the
+    steps shared by split_k programs."""
     reps: int = 2
     num_warps: int = 8
     num_stages: int = 2
+    split_k: int = 1
 
     def __post_init__(self):
         assert self.reps % 2 == 0, "the kernel's mma takes two rows per thread"
@@ -131,13 +151,14 @@ class MmaGemvConfig:
 # least time over a Llama-3-8B layer's linears on an H200 (`benchmarks/quant_kernels.py --sweep`): 16 rows and
 # 8 warps per program, i.e. many programs, each reading 8 groups of its rows per step
 DEFAULT_CONFIG = MmaGemvConfig()
+# rows much longer than there are rows (Llama-3-8B's down_proj, K = 3.5 N): few row tiles, so K is split in 4 to
+# have enough programs streaming (H200: 13.3 us, against 17.0 for the split-K GEMM and 17.9 unsplit)
+LONG_ROWS_CONFIG = MmaGemvConfig(reps=4, num_warps=8, num_stages=2, split_k=4)
 
 
-def shape_config(n: int, k: int) -> MmaGemvConfig | None:
-    """The tensor-core wint4 GEMV's launch config for an [n, k] weight, or None where another kernel is faster:
-    rows much longer than there are rows (Llama-3-8B's down_proj, K = 3.5 N) stay on the split-K GEMM, which
-    spreads them over more programs (H200: 16.7 against 17.2 us at its best config)."""
-    return None if k > 2 * n else DEFAULT_CONFIG
+def shape_config(n: int, k: int) -> MmaGemvConfig:
+    """The tensor-core wint4 GEMV's launch config for an [n, k] weight."""
+    return LONG_ROWS_CONFIG if k > 2 * n else DEFAULT_CONFIG
 
 
 def gemv_wint4(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -145,19 +166,23 @@ def gemv_wint4(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bia
     """`_gemv_wint4_kernel` over the rows of x2 ([M, K] bf16, unit stride, rows 8-byte aligned): y [M, N]."""
     M, K, N = x2.shape[0], x2.shape[1], qweight.shape[0]
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    _gemv_wint4_kernel[(M, triton.cdiv(N, 8 * config.reps))](
-        x2, qweight, scale, bias if bias is not None else y, y, N, K, triton.cdiv(K, BLOCK), x2.stride(0),
-        qweight.stride(0) // 4, scale.stride(0), y.stride(0), HAS_BIAS=bias is not None, REPS=config.reps,
-        WARPS=config.num_warps, EVEN=K % (BLOCK * config.num_warps) == 0, num_warps=config.num_warps,
-        num_stages=config.num_stages)
+    grid = (M, triton.cdiv(N, 8 * config.reps), config.split_k)
+    partials = torch.empty(config.split_k, M, N, dtype=torch.float32, device=x2.device) if config.split_k > 1 else y
+    counters = tile_counters(x2.device)
+    check_counters(counters, grid[0] * grid[1])
+    _gemv_wint4_kernel[grid](
+        x2, qweight, scale, bias if bias is not None else y, y, partials, counters, N, K, triton.cdiv(K, BLOCK),
+        x2.stride(0), qweight.stride(0) // 4, scale.stride(0), y.stride(0), HAS_BIAS=bias is not None,
+        REPS=config.reps, WARPS=config.num_warps, EVEN=K % (BLOCK * config.num_warps) == 0,
+        SPLIT_K=config.split_k, num_warps=config.num_warps, num_stages=config.num_stages)
     return y
 
 
 def config_for(x2: torch.Tensor, qweight: torch.Tensor) -> MmaGemvConfig | None:
     """The launch config for these operands ([M, K] activations, [N, K / 2] wint4 weight), or None where the
-    kernel does not take them or another is faster."""
+    kernel does not take them."""
     config = shape_config(qweight.shape[0], x2.shape[1])
-    return config if config is not None and fits(x2, qweight, config) else None
+    return config if fits(x2, qweight, config) else None
 
 
 def fits(x2: torch.Tensor, qweight: torch.Tensor, config: MmaGemvConfig) -> bool:
@@ -174,7 +199,7 @@ _CHECKED: dict[tuple[MmaGemvConfig, torch.device], bool] = {}
 def checked_config(config: MmaGemvConfig, device: torch.device) -> bool:
     """Whether `_gemv_wint4_kernel` computes right with this config on this device. Its mma relies on how Triton
     lays out the tile in registers, which is the compiler's choice, so each config is checked once against the
-    dequantized reference (K and N not multiples of the tile: both masked paths); on a mismatch the GEMV falls
+    dequantized reference (K and N not multiples of the tile: the masked paths); on a mismatch the GEMV falls
     back to triton_quant_matmul's CUDA-core GEMV. Unchecked configs are not used during a CUDA graph capture,
     which cannot sync."""
     key = (config, device)
@@ -182,7 +207,8 @@ def checked_config(config: MmaGemvConfig, device: torch.device) -> bool:
         if torch.cuda.is_current_stream_capturing():
             return False
         gen = torch.Generator().manual_seed(0)
-        n, k = 8 * config.reps + 5, BLOCK * config.num_warps + 68
+        # a last step with part of its groups, and with split_k > 2 a split with no steps
+        n, k = 8 * config.reps + 5, BLOCK * config.num_warps * config.split_k + 68
         q, s = quantize_int4(torch.randn(n, k, generator=gen))
         x = torch.randn(1, k, generator=gen).to(torch.bfloat16)
         want = matmul_ref(x.float(), q, s.float(), 4)
