@@ -23,9 +23,9 @@
   The integer weights enter the products as exact small floats and the scales are applied to the fp32
   partial sums. int4 nibbles become bf16/fp16 through `_nibbles_to_half` (PTX); under the interpreter, and
   for fp32 activations, through fp32. For small M the weight stream is split along K too (SPLIT_K programs per
-  tile), so that enough programs stream weights at once. The split is reduced serially in the same launch:
-  every program stores its fp32 partial tile, and the last of a tile's programs to arrive (an atomic counter)
-  adds them up in split order and writes y. This spares the zeroed buffer and the final cast that fp32
+  tile), so that enough programs stream weights at once. The split is reduced serially in the same launch
+  (triton_split_k.py): every program stores its fp32 partial tile, and the last of a tile's programs to arrive
+  (an atomic counter) adds them up in split order and writes y. This spares the zeroed buffer and the final cast that fp32
   atomics into y would need (two more launches per linear, a fifth of a small decode GEMM's time), and the
   result does not depend on the order the programs ran in.
 
@@ -459,8 +459,9 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
         config = wint4_gemv.config_for(x2, qweight)
     if isinstance(config, wint4_gemv.MmaGemvConfig):
         return wint4_gemv.gemv_wint4(x2, qweight, scale, bias, config).view(*x.shape[:-1], N)
-    # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) leave the CUDA-core GEMV too
-    # few programs to stream at bandwidth; the split-K GEMM takes them (H100: 17.8 against 20.3 us)
+    # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) that the tensor-core GEMV
+    # does not take leave the CUDA-core GEMV too few programs to stream at bandwidth; the split-K GEMM takes them
+    # (H100: 17.8 against 20.3 us)
     gemv = M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)
     if isinstance(config, GemvConfig) or (config is None and gemv):
         y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx)
