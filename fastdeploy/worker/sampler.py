@@ -206,6 +206,11 @@ class SamplerOutput:
 
 class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
+        if meta.all_greedy and meta.max_num_logprobs is None and not (
+                meta.apply_penalties or meta.any_banned or meta.any_forced):
+            # nothing to process: the argmax of the logits as they come (a bf16/fp16 value converts to fp32
+            # exactly, so the fp32 copy would pick the same token)
+            return SamplerOutput(token_ids=argmax(logits), logprobs=None)
         logits = logits.float()
         if meta.all_greedy:
             token_ids = self.process_logits(logits, meta).argmax(dim=-1)
@@ -274,6 +279,23 @@ def _filter(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     keep &= probs >= meta.min_p[:, None] * probs[:, :1]
     keep[:, 0] = True  # the most likely token always survives
     return logits.scatter(1, order, sorted_logits.masked_fill(~keep, float("-inf")))
+
+
+ARGMAX_CHUNKS = 128
+
+
+def argmax(logits: torch.Tensor, chunks: int | None = None) -> torch.Tensor:
+    """logits.argmax(-1) for [B, V] logits, the first index among equal maxima. On a GPU in two passes when V splits
+    into ARGMAX_CHUNKS equal chunks (it does for the usual vocabularies): PyTorch reduces a long row in one thread
+    block, 28 us for Llama-3's 128k logits on an H200, a tenth of its LM head; the chunks' maxima, then the
+    first chunk holding the largest, take a few small launches."""
+    chunks = chunks or (ARGMAX_CHUNKS if logits.is_cuda else 1)
+    B, V = logits.shape
+    if chunks == 1 or V % chunks:
+        return logits.argmax(dim=-1)
+    values, offsets = logits.view(B, chunks, V // chunks).max(dim=-1)       # each chunk's first maximum
+    chunk = values.argmax(dim=-1, keepdim=True)                             # the first chunk with the largest
+    return (chunk * (V // chunks) + offsets.gather(1, chunk)).squeeze(1)
 
 
 def _exponential_race(probs: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
