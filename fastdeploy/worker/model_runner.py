@@ -186,6 +186,7 @@ class ModelRunner:
         graphs compile, and random sampling (compiled by torch.compile), so that their JIT compilation (about
         a second each on an H200 host) is not paid inside the first requests that need them. The steps write
         K/V into blocks that no request holds yet."""
+        start = time.perf_counter()
         limit = min(self.args.max_model_len, self.args.max_num_batched_tokens)
         for query_lens in self.WARM_UP_STEPS:
             blocks = len(query_lens) * -(-max(query_lens) // self.block_size)
@@ -198,6 +199,8 @@ class ModelRunner:
             self.sampler(torch.zeros(rows, self.vocab_size, device=self.device), meta)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        # long only on a machine whose Triton / torch.compile caches are cold
+        get_logger().info(f"warm-up steps (kernel compilation) took {time.perf_counter() - start:.1f} s")
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
         a = self.attention_layers[0]
