@@ -153,7 +153,7 @@ class ModelRunner:
         while n > 0:
             seq_lens.append(min(n, self.args.max_model_len))
             n -= seq_lens[-1]
-        self._allocate_kv_cache(len(seq_lens) * -(-max(seq_lens) // self.block_size))
+        self._allocate_kv_cache(self._fresh_blocks(seq_lens))
         # logits for max_num_seqs rows, as a step can have
         self.forward(self._fresh_sequences(seq_lens, list(range(min(self.args.max_num_seqs, sum(seq_lens))))))
         torch.cuda.synchronize(self.device)
@@ -165,11 +165,14 @@ class ModelRunner:
         budget = total * self.args.gpu_memory_utilization - peak - used_by_others
         return int(budget // self._kv_block_bytes())
 
+    def _fresh_blocks(self, query_lens: list[int]) -> int:
+        """The blocks `_fresh_sequences(query_lens)` writes into: 0 up to this."""
+        return len(query_lens) * -(-max(query_lens) // self.block_size)
+
     def _fresh_sequences(self, query_lens: list[int], sample_rows: list[int] | None = None) -> StepInputs:
         """A step of new sequences with these lengths, from position 0, each in its own blocks (0, 1, ... in
         order); by default each samples its last token."""
-        blocks_per_seq = -(-max(query_lens) // self.block_size)
-        tables = np.arange(blocks_per_seq * len(query_lens), dtype=np.int32).reshape(len(query_lens), blocks_per_seq)
+        tables = np.arange(self._fresh_blocks(query_lens), dtype=np.int32).reshape(len(query_lens), -1)
         positions = np.concatenate([np.arange(n) for n in query_lens])
         slots = _slot_mapping(tables, np.repeat(np.arange(len(query_lens)), query_lens), positions, self.block_size)
         if sample_rows is None:
@@ -189,8 +192,8 @@ class ModelRunner:
         start = time.perf_counter()
         limit = min(self.args.max_model_len, self.args.max_num_batched_tokens)
         for query_lens in self.WARM_UP_STEPS:
-            blocks = len(query_lens) * -(-max(query_lens) // self.block_size)
-            if sum(query_lens) <= limit and len(query_lens) <= self.args.max_num_seqs and blocks <= self.num_blocks:
+            if (sum(query_lens) <= limit and len(query_lens) <= self.args.max_num_seqs
+                    and self._fresh_blocks(query_lens) <= self.num_blocks):
                 self.forward(self._fresh_sequences(query_lens))
         for rows in (1, 2):         # torch.compile specializes on one row
             params = [SamplingParams(temperature=0.8, top_p=0.9, top_k=20, seed=0).resolved()] * rows
