@@ -168,8 +168,10 @@ def run_sweep():
                 continue
             c = tq.GemvConfig(bn, bk, warps, stages)
             times[c] = timed(x, c)
-        if bits == 4:       # the tensor-core GEMV (bf16)
-            for c in itertools.starmap(w4.MmaGemvConfig, itertools.product((2, 4, 8), (2, 4, 8), (1, 2, 3))):
+        if bits == 4:       # the tensor-core GEMV (bf16), unsplit and with K split over 2 to 8 programs
+            mma = [*itertools.product((2, 4, 8), (2, 4, 8), (1, 2, 3), (1,)),
+                   *itertools.product((2, 4), (4, 8), (2,), (2, 4, 8))]
+            for c in itertools.starmap(w4.MmaGemvConfig, mma):
                 times[c] = timed(x, c)
         default = timed(x)
         print(f"{method} {name:<8} M=1 default {default * 1e6:6.1f} ({nbytes / default / 1e9:4.0f} GB/s); "

@@ -152,7 +152,7 @@ class MmaGemvConfig:
 # 8 warps per program, i.e. many programs, each reading 8 groups of its rows per step
 DEFAULT_CONFIG = MmaGemvConfig()
 # rows much longer than there are rows (Llama-3-8B's down_proj, K = 3.5 N): few row tiles, so K is split in 4 to
-# have enough programs streaming (H200: 13.3 us, against 17.0 for the split-K GEMM and 17.9 unsplit)
+# have enough programs streaming (H200, same sweep: 13.3 us, against 17.0 for the split-K GEMM and 17.9 unsplit)
 LONG_ROWS_CONFIG = MmaGemvConfig(reps=4, num_warps=8, num_stages=2, split_k=4)
 
 
