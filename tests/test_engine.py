@@ -92,6 +92,24 @@ def test_positions_past_max_position_embeddings(tmp_path):
     assert out[0].outputs.token_ids == want
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="programmatic dependent launch needs an sm_90+ GPU")
+def test_dependent_launch_changes_no_result(tiny, monkeypatch):
+    """Kernels launched with PDL overlap the one before them until its results are ready: a missing wait would
+    read stale inputs, so a batch's greedy tokens and logprobs must be bit-identical with PDL off and on."""
+    from fastdeploy.model_executor.ops import triton_pdl
+    path, prompts, _ = tiny
+    params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=1)
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(triton_pdl, "ENABLED", enabled)
+        llm = LLM(model=str(path), skip_tokenizer_init=True, device="cuda", dtype="bfloat16", block_size=16,
+                  max_model_len=128, max_num_seqs=8, max_num_batched_tokens=32)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        results.append([(o.outputs.token_ids, o.outputs.logprobs) for o in outs])
+    assert results[0] == results[1]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_matches_cpu_oracle(tiny, dtype):

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 from fastdeploy.model_executor.ops.triton_split_k import arrived_last, check_counters, reset, tile_counters
 
 LOG2E = 1.4426950408889634
@@ -33,8 +34,9 @@ def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
                      stride_cb, stride_cs, stride_ch,
                      num_kv_heads,
                      BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     # one program per token: copies all kv heads of that token into its cache slot
+    wait_for_previous(PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot < 0:  # padding token
@@ -64,6 +66,7 @@ def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cac
         num_kv_heads,
         BLOCK_SIZE=k_cache.shape[1], HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+        **launch_options(k.device),
     )
 
 
@@ -122,8 +125,10 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, qsl_ptr, seq_lens_
                     stride_qt, stride_qh, stride_ot, stride_oh,
                     stride_cb, stride_cs, stride_ch, stride_bt,
                     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, HAS_ROWS: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, HAS_ROWS: tl.constexpr,
+                    PDL: tl.constexpr):
     # grid: (query blocks of the longest chunk, query heads, sequences, or with HAS_ROWS the listed ones)
+    wait_for_previous(PDL)
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.load(rows_ptr + tl.program_id(2)) if HAS_ROWS else tl.program_id(2)
@@ -202,7 +207,7 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=k_cache.shape[1], HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, IEEE=fp32,
-        HAS_ROWS=rows is not None, num_warps=num_warps, num_stages=2 if fp32 else 3,
+        HAS_ROWS=rows is not None, num_warps=num_warps, num_stages=2 if fp32 else 3, **launch_options(q.device),
     )
     return out
 
@@ -219,9 +224,10 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_
                    stride_pb, stride_ph, stride_ps,
                    GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
-                   IEEE: tl.constexpr):
+                   IEEE: tl.constexpr, PDL: tl.constexpr):
     # grid: (sequences, kv heads, splits). One program takes every query head of its kv head, so each
     # K/V tile is read once for the whole group; the rows are padded to BLOCK_H >= 16 for tl.dot.
+    wait_for_previous(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -354,6 +360,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, SPLIT=split,
         BLOCK_S=triton.next_power_of_2(num_splits), IEEE=fp32, num_warps=4, num_stages=2 if fp32 else 3,
+        **launch_options(q.device),
     )
     return out
 

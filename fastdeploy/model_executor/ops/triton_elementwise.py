@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
+
 
 def _warps(block: int) -> int:
     return 4 if block <= 2048 else (8 if block <= 8192 else 16)
@@ -20,8 +22,9 @@ def _warps(block: int) -> int:
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
                      stride_x, stride_r, stride_o, stride_ro, N, eps,
-                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # one program per row; the whole row sits in registers
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -56,7 +59,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         _rms_norm_kernel[(rows,)](
             x2, r2, weight, out2, ro2,
             x2.stride(0), r2.stride(0), out2.stride(0), ro2.stride(0), N, eps,
-            HAS_RES=residual is not None, BLOCK=block, num_warps=_warps(block),
+            HAS_RES=residual is not None, BLOCK=block, num_warps=_warps(block), **launch_options(x.device),
         )
     return out if residual is None else (out, res_out)
 
@@ -101,10 +104,11 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr,
                    v_ptr, v_cache_ptr, slot_ptr, stride_vt, stride_vh, stride_cb, stride_cs,
                    HEAD_DIM: tl.constexpr, ROT_HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED: tl.constexpr,
-                   STORE_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr):
+                   STORE_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     # one program per token: cos/sin are loaded once and applied to all q and k heads. With STORE_KV, ko_ptr
     # is the K cache: the rotated k goes straight to the token's slot (stride_koh: the cache's head stride)
     # and v is copied to the same place in the V cache; slot < 0 (padding) stores nothing.
+    wait_for_previous(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_r = tl.arange(0, BLOCK_R)
     r_mask = offs_r < ROT_HALF
@@ -172,7 +176,7 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
             BLOCK_P=triton.next_power_of_2(max(head_dim - 2 * rot_half, 1)),
             INTERLEAVED=bool(interleaved), STORE_KV=kv_cache is not None, BLOCK_SIZE=block_size,
             BLOCK_D=triton.next_power_of_2(head_dim),
-            num_warps=4,
+            num_warps=4, **launch_options(q.device),
         )
     return q_out, k_out
 
@@ -182,8 +186,9 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
 # ----------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # grid: (rows, column blocks); x row = [gate (N) | up (N)]
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -205,5 +210,5 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if rows and N:
         block = min(triton.next_power_of_2(N), 1024)
         _silu_and_mul_kernel[(rows, triton.cdiv(N, block))](
-            x2, out2, x2.stride(0), out2.stride(0), N, BLOCK=block, num_warps=4)
+            x2, out2, x2.stride(0), out2.stride(0), N, BLOCK=block, num_warps=4, **launch_options(x.device))
     return out

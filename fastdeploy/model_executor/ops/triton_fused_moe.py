@@ -24,14 +24,16 @@ import triton
 import triton.language as tl
 
 from fastdeploy.model_executor.ops.fused_moe import align_by_expert
+from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 
 
 @triton.jit
 def _moe_gemm_kernel(a_ptr, w_ptr, out_ptr, topk_w_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
                      num_assignments, N, K, a_row_div, stride_am, stride_we, stride_wn, stride_om,
                      GATED: tl.constexpr, WEIGHTED: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     # axis 0 walks the N slices of one row block, so neighbouring programs share the gathered A rows
+    wait_for_previous(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
@@ -69,7 +71,8 @@ def _moe_gemm_kernel(a_ptr, w_ptr, out_ptr, topk_w_ptr, sorted_ids_ptr, block_ex
 @triton.jit
 def _moe_gemv_up_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
                         stride_xm, stride_we, stride_wn, stride_om,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
     a = tl.program_id(0)
     expert = tl.load(topk_ids_ptr + a).to(tl.int64)
     x_row = x_ptr + (a // top_k).to(tl.int64) * stride_xm
@@ -94,7 +97,8 @@ def _moe_gemv_up_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
 @triton.jit
 def _moe_gemv_down_kernel(a_ptr, w_ptr, out_ptr, topk_w_ptr, topk_ids_ptr, N, K, top_k,
                           stride_am, stride_we, stride_wn, stride_om,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)
@@ -134,12 +138,12 @@ def fused_moe_gemv(x, w13, w2, topk_weights, topk_ids, up=None, down=None):
     bn, bk, warps, stages = up or GEMV_UP
     _moe_gemv_up_kernel[(T * K, triton.cdiv(I, bn))](
         x, w13, inter, ids, I, H, K, x.stride(0), w13.stride(0), w13.stride(1), inter.stride(0),
-        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, **launch_options(x.device))
     out = torch.empty(T, H, dtype=x.dtype, device=x.device)
     bn, bk, warps, stages = down or GEMV_DOWN
     _moe_gemv_down_kernel[(T, triton.cdiv(H, bn))](
         inter, w2, out, topk_w, ids, H, I, K, inter.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, **launch_options(x.device))
     return out
 
 
@@ -165,7 +169,7 @@ def _gemm(a, w, out, topk_w, blocks, num_assignments, a_row_div, gated, tiles):
         a, w, out, topk_w, blocks.sorted_ids, blocks.block_expert, blocks.num_padded,
         num_assignments, N, a.shape[1], a_row_div, a.stride(0), w.stride(0), w.stride(1), out.stride(0),
         GATED=gated, WEIGHTED=not gated, BLOCK_M=blocks.block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=num_warps, num_stages=3)
+        num_warps=num_warps, num_stages=3, **launch_options(a.device))
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from fastdeploy.model_executor.ops import triton_wint4_gemv as wint4_gemv
+from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK
 
@@ -155,7 +156,9 @@ def _biased_nibbles(packed, USE_PTX: tl.constexpr):
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 HALF: tl.constexpr, GROUP: tl.constexpr, HAS_MIN: tl.constexpr, USE_PTX: tl.constexpr):
+                 HALF: tl.constexpr, GROUP: tl.constexpr, HAS_MIN: tl.constexpr, USE_PTX: tl.constexpr,
+                 PDL: tl.constexpr):
+    wait_for_previous(PDL)
     m = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -309,10 +312,11 @@ def _gemm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, partial_ptr, counter_
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HALF: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
-                 GROUP: tl.constexpr, HAS_MIN: tl.constexpr, USE_PTX: tl.constexpr):
+                 GROUP: tl.constexpr, HAS_MIN: tl.constexpr, USE_PTX: tl.constexpr, PDL: tl.constexpr):
     # computes y^T = W x^T per [BLOCK_N, BLOCK_M] tile: the weight tile is the dot's first operand, K-contiguous
     # as stored, so it is loaded in wide vectors and dequantized in registers. Axis 0 walks M fastest, so
     # programs running together share a weight tile through L2.
+    wait_for_previous(PDL)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     pid_k = tl.program_id(2)
@@ -432,7 +436,7 @@ def _gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, mins: tor
         x2.stride(0), weight.stride(0), stride_sn, y.stride(0),
         BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
         HALF=BLOCK // 2, GROUP=group, HAS_MIN=mins is not None, USE_PTX=use_ptx, num_warps=c.num_warps,
-        num_stages=c.num_stages)
+        num_stages=c.num_stages, **launch_options(x2.device))
     return y
 
 
@@ -479,5 +483,5 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
         BITS=bits, HAS_BIAS=bias is not None, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
         HALF=BLOCK // 2, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
         USE_PTX=use_ptx and x.dtype in (torch.bfloat16, torch.float16), **formats, num_warps=c.num_warps,
-        num_stages=c.num_stages)
+        num_stages=c.num_stages, **launch_options(x.device))
     return y.view(*x.shape[:-1], N)

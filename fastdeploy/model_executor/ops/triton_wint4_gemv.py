@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK, matmul_ref, quantize_int4
+from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
 
 # wint4 GEMV on the tensor cores (see _gemv_wint4_kernel). In: 4 int32 (a group's quarter) of each of two
@@ -49,7 +50,7 @@ _WINT4_MMA_CONSTRAINTS = tl.constexpr(",".join(["=r"] * 8 + ["r"] * 40))
 @triton.jit
 def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_ptr, N, K, num_blocks, stride_xm,
                        stride_w32, stride_sn, stride_ym, HAS_BIAS: tl.constexpr, REPS: tl.constexpr,
-                       WARPS: tl.constexpr, EVEN: tl.constexpr, SPLIT_K: tl.constexpr):
+                       WARPS: tl.constexpr, EVEN: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr):
     """y = x W^T for one bf16 row x and wint4 W, dequantizing into mma.sync (PTX only). Each step, warp w takes
     group g0 + w (128 inputs: a row's 64 bytes, as 16 int32) of the program's 8 REPS rows. The tile is 2D,
     [REPS * WARPS * 8, 16] int32, its row i = (rep, w, j) holding weight row 8 rep + j: as Triton lays out a 2D
@@ -63,6 +64,7 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
     = sum (n - 8) x. `checked_config` tests this reliance on Triton's layout once per launch config.
     x loads as int64 (4 bf16): K % 4 == 0 and an 8-byte aligned row. EVEN: K is a multiple of WARPS groups.
     SPLIT_K > 1: program_id(2) takes a share of the steps, summed by triton_split_k (fp32 partials [SPLIT_K, M, N])."""
+    wait_for_previous(PDL)
     m = tl.program_id(0).to(tl.int64)
     # this split's groups: [g_start, g_end), whole steps of WARPS groups
     steps_per_split = tl.cdiv(tl.cdiv(num_blocks, WARPS), SPLIT_K)
@@ -174,7 +176,7 @@ def gemv_wint4(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bia
         x2, qweight, scale, bias if bias is not None else y, y, partials, counters, N, K, triton.cdiv(K, BLOCK),
         x2.stride(0), qweight.stride(0) // 4, scale.stride(0), y.stride(0), HAS_BIAS=bias is not None,
         REPS=config.reps, WARPS=config.num_warps, EVEN=K % (BLOCK * config.num_warps) == 0,
-        SPLIT_K=config.split_k, num_warps=config.num_warps, num_stages=config.num_stages)
+        SPLIT_K=config.split_k, num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(x2.device))
     return y
 
 
