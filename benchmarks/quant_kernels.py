@@ -4,6 +4,7 @@ dequantize-then-matmul reference and timed beside the bf16 torch.matmul.
     python benchmarks/quant_kernels.py            # wint8 + wint4, M in 1, 16, 256, 4096 (about a minute)
     python benchmarks/quant_kernels.py --sweep    # also try GEMV configs for M=1 and GEMM configs for M=16
     python benchmarks/quant_kernels.py --baseline old_triton_quant_matmul.py   # before/after, same run
+    python benchmarks/quant_kernels.py --gated    # also the M=1 gate/up GEMV with SiLU-and-mul in its launch
 
 One row per (method, K x N, M): max error vs the reference (|a - b| / (1 + |ref|)), Triton and bf16 times
 (triton.testing.do_bench, median us), speedup over bf16 and the GB/s of weight bytes (int weights + scales)
@@ -191,9 +192,50 @@ def run_sweep():
         del qs, ss
 
 
+def run_gated():
+    """M=1 gate/up ([gate; up], 2 x 14336 rows): the GEMV that applies silu_and_mul in its own launch (gated)
+    against the GEMV then the activation kernel, for bf16 weights and each method, the gated GEMV's default
+    and swept launch configs (CUDA-graph timings, weights from DRAM)."""
+    print("\ngate/up at M=1 (us): GEMV then silu_and_mul; gated default; best gated configs")
+    k, n = SHAPES["gate/up"][0], 2 * SHAPES["gate/up"][1]
+    x = torch.randn(1, k, device=DEV, dtype=DTYPE)
+    fmt = lambda c: f"n={c.block_n} k={c.block_k} w={c.num_warps} s={c.num_stages}"  # noqa: E731
+    for method in ("bf16", *qm.METHODS):
+        if method == "bf16":
+            w = torch.randn(n, k, device=DEV, dtype=DTYPE) * 0.02
+            args = [(w,) for w in copies(w, w.numel() * 2)]
+            matmul = lambda w, **kw: tq.float_gemv(x, w, **kw)  # noqa: E731
+            want = F.linear(x.float(), w.float())
+        else:
+            bits = qm.METHODS[method]
+            _, q, s, nbytes = weights(k, n, bits)
+            args = list(zip(copies(q, nbytes), copies(s, nbytes)))
+
+            def matmul(q, s, bits=bits, config=None, gated=False):
+                # wint4's default is the tensor-core GEMV, which has no gated form: its CUDA-core GEMV is compared
+                config = config or (tq.GEMV_WINT4 if bits == 4 and gated else None)
+                return tq.quant_matmul(x, q, s, bits, config=config, gated=gated)
+            want = reference(x, q, s, bits)
+        want = F.silu(want[:, :n // 2]) * want[:, n // 2:]
+        err = maxerr(matmul(*args[0], gated=True), want)
+        if err > TOL:
+            FAILED.append(f"{method} gated gate/up")
+
+        def timed(**kw):
+            return bench_graph([lambda a=a: matmul(*a, **kw) for a in args], reps=7)
+
+        unfused = bench_graph([lambda a=a: tq.silu_and_mul(matmul(*a)) for a in args], reps=7)
+        times = {c: timed(gated=True, config=c)
+                 for c in itertools.starmap(tq.GemvConfig, itertools.product((1, 2, 4), (256, 512, 1024), (2, 4), (3,)))}
+        print(f"{method:<6} err {err:.1e}: unfused {unfused * 1e6:6.1f}; gated {timed(gated=True) * 1e6:6.1f}; "
+              + _top(times, fmt), flush=True)
+        del args
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--gated", action="store_true")
     p.add_argument("--baseline", help="path of an earlier triton_quant_matmul.py to time beside this one")
     args = p.parse_args()
     if args.baseline:
@@ -205,6 +247,8 @@ def main():
     run_table()
     if args.sweep:
         run_sweep()
+    if args.gated:
+        run_gated()
     if FAILED:
         print("FAILED:", ", ".join(FAILED))
         sys.exit(1)

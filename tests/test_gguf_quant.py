@@ -114,6 +114,20 @@ def test_grouped_kernel_matches_reference(qtype, dtype, m, n, k, bias):
     _kernel_case(qtype, m, n, k, dtype, bias, seed=m * 1000 + n + k)
 
 
+@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
+def test_grouped_gemv_gated_is_silu_and_mul_of_it(qtype):
+    """A [gate; up] weight with gated=True: the GEMV's gate and up rows per program, for every grouped format."""
+    n, k = 20, _k(qtype, 416)
+    packed = gq.repack(random_blocks(qtype, 2 * n, k, np.random.default_rng(1)), qtype)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(1))
+    meth, mins = gq.TYPES[qtype].method, packed.get("weight_min")
+    to = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    got = tq.quant_matmul(to(x), to(packed["qweight"]), to(packed["weight_scale"]), meth.bits, group=meth.group,
+                          mins=to(mins), gated=True).cpu()
+    y = qm.matmul_ref(x, packed["qweight"], packed["weight_scale"], meth.bits, None, meth.group, mins)
+    torch.testing.assert_close(got, torch.nn.functional.silu(y[:, :n]) * y[:, n:], atol=1e-4, rtol=1e-4)
+
+
 def test_dispatcher_runs_reference_on_cpu_tensors():
     packed = gq.repack(random_blocks(T.Q4_K, 8, 256, np.random.default_rng(0)), T.Q4_K)
     x = torch.randn(3, 256)

@@ -152,6 +152,29 @@ def test_float_gemv_matches_linear(dtype, n, k, bias):
         torch.testing.assert_close(qm.linear(x.cuda(), w.cuda(), None if b is None else b.cuda()).cpu(), got)
 
 
+@pytest.mark.parametrize("bits", [16, *BITS])
+@pytest.mark.parametrize("m,n,k,bias", [(1, 40, 300, True), (1, 7, 1100, False), (1, 1, 64, True),
+                                        (3, 24, 260, True)])
+def test_gated_matmul_is_silu_and_mul_of_it(bits, m, n, k, bias):
+    """`gated=True` on a [gate; up] weight (2n rows): silu(gate) * up, which the GEMV (single rows) computes in
+    its own launch from each program's gate and up rows, and other paths (m = 3: the tiled kernel) by the
+    activation kernel after. Against the reference linear then silu_and_mul, in fp32."""
+    gen = torch.Generator().manual_seed(bits * 100 + n)
+    w = torch.randn(2 * n, k, generator=gen) * 0.1
+    x, b = torch.randn(m, k, generator=gen), (torch.randn(2 * n, generator=gen) if bias else None)
+    to = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    if bits == 16:
+        want = torch.nn.functional.linear(x, w, b)
+        got = qm.linear(to(x), to(w), to(b), gated=True) if m > 1 else tq.float_gemv(to(x), to(w), to(b), gated=True)
+    else:
+        q, s = qm.QUANTIZE[bits](w)
+        want = qm.matmul_ref(x, q, s, bits, b)
+        got = tq.quant_matmul(to(x), to(q), to(s), bits, to(b), gated=True)
+    want = torch.nn.functional.silu(want[:, :n]) * want[:, n:]
+    assert got.shape == (m, n)
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
 @pytest.mark.parametrize("config", [None, w4.MmaGemvConfig(2, 4, 1), w4.MmaGemvConfig(8, 2, 3),
                                     w4.MmaGemvConfig(4, 8, 2), w4.MmaGemvConfig(2, 8, 2, split_k=2),

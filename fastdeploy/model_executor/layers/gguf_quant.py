@@ -53,8 +53,8 @@ class GGUFQuantMethod:
             setattr(layer, name, param)
         layer.quant_method = self
 
-    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        return apply_quantized(layer, x, self.bits, self.group, layer.weight_min if self.has_min else None)
+    def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        return apply_quantized(layer, x, self.bits, self.group, layer.weight_min if self.has_min else None, gated)
 
 
 def _f16(b: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fastdeploy.model_executor.layers.linear import Linear
+from fastdeploy.model_executor.ops.activation import silu_and_mul
 from fastdeploy.model_executor.ops.quant_matmul import (METHODS, QUANTIZE, cpu_packed_matmul, pack_for_cpu,
                                                         quant_matmul)
 
@@ -28,17 +29,17 @@ class WeightOnlyQuantMethod:
         layer.register_buffer("weight_scale", scale)
         layer.quant_method = self
 
-    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        return apply_quantized(layer, x, self.bits)
+    def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        return apply_quantized(layer, x, self.bits, gated=gated)
 
 
 _UNPACKED = object()       # layer.cpu_packed not made yet (None: made, and no CPU kernel fits)
 
 
 def apply_quantized(layer: Linear, x: torch.Tensor, bits: int, group: int = 0,
-                    mins: torch.Tensor | None = None) -> torch.Tensor:
-    """`quant_matmul` over a layer's quantized buffers. bf16 activations on the CPU go to PyTorch's
-    weight-only CPU kernels, through a copy of the weight in their layout made on first use."""
+                    mins: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
+    """`quant_matmul` over a layer's quantized buffers (gated: and silu_and_mul). bf16 activations on the CPU
+    go to PyTorch's weight-only CPU kernels, through a copy of the weight in their layout made on first use."""
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
         # a plain attribute, not a buffer: derived from the buffers, never saved or moved with them
         packed = layer.__dict__.get("cpu_packed", _UNPACKED)
@@ -46,8 +47,9 @@ def apply_quantized(layer: Linear, x: torch.Tensor, bits: int, group: int = 0,
             packed = layer.__dict__["cpu_packed"] = pack_for_cpu(layer.qweight, layer.weight_scale, bits,
                                                                  layer.in_features, group, mins)
         if packed is not None:
-            return cpu_packed_matmul(x, packed, layer.bias)
-    return quant_matmul(x, layer.qweight, layer.weight_scale, bits, layer.bias, group, mins)
+            y = cpu_packed_matmul(x, packed, layer.bias)
+            return silu_and_mul(y) if gated else y
+    return quant_matmul(x, layer.qweight, layer.weight_scale, bits, layer.bias, group, mins, gated)
 
 
 @torch.no_grad()

@@ -19,7 +19,6 @@ from fastdeploy.model_executor.layers.embedding import LMHead, VocabEmbedding
 from fastdeploy.model_executor.layers.linear import GateUpLinear, QKVLinear, RowParallelLinear, default_weight_loader
 from fastdeploy.model_executor.layers.norm import RMSNorm
 from fastdeploy.model_executor.layers.rotary_embedding import get_rope
-from fastdeploy.model_executor.ops.activation import silu_and_mul
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class GatedMLP(nn.Module):
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj.silu_and_mul(x))
 
 
 class DecoderLayer(nn.Module):

@@ -12,7 +12,8 @@
   n enters as the float 128 + n, made from its byte by one byte permute, and each group's dot product sheds the
   bias (136 times the group's sum of x) before its scale multiplies it. The int8 per-channel scale is applied
   once at the end. Rows run as separate programs (grid axis 0 is the row, fastest), so the few rows of a decode
-  batch re-read each weight tile from L2.
+  batch re-read each weight tile from L2. With `gated` (an MLP's [gate; up] weight) each program takes the
+  gate and the up row of its outputs and stores silu(gate) * up: the activation costs no launch of its own.
 - wint4 with one bf16 row goes to the tensor-core GEMV of triton_wint4_gemv.py instead, where it fits: the
   CUDA-core GEMV above spends ~4 instructions per weight on it and so streams wint4 at half the bandwidth.
 - `_gemm_kernel` (larger M): tensor-core tiles of y^T = W x^T, walking K one 128-wide block at a time as a low
@@ -41,13 +42,14 @@ in a float model dequantized at load (H100, bf16, 4096 x 4096: the same max erro
 This module imports triton at the top: the dispatcher in quant_matmul.py imports it lazily.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
 
 from fastdeploy.model_executor.ops import triton_wint4_gemv as wint4_gemv
+from fastdeploy.model_executor.ops.triton_elementwise import silu_and_mul
 from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK
@@ -157,16 +159,33 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, N, K, num_blocks,
                  stride_xm, stride_wn, stride_sn, stride_ym,
                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  HALF: tl.constexpr, GROUP: tl.constexpr, HAS_MIN: tl.constexpr, USE_PTX: tl.constexpr,
-                 PDL: tl.constexpr):
+                 GATED: tl.constexpr, PDL: tl.constexpr):
+    # GATED: the weight is [gate; up] (2N rows) and y = silu(gate) * up, so each program takes the gate and the
+    # up row of its outputs (interleaved in `rows`), and the activation needs no launch of its own
     wait_for_previous(PDL)
     m = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)          # clamped: weight loads need no N mask
-    x_row = x_ptr + m * stride_xm
+    if GATED:
+        rows = tl.reshape(tl.join(rows, rows + N), (2 * BLOCK_N,))
+    out = _gemv_rows(x_ptr + m * stride_xm, w_ptr, s_ptr, m_ptr, b_ptr, rows, K, num_blocks, stride_wn, stride_sn,
+                     BITS, HAS_BIAS, BLOCK_K, HALF, GROUP, HAS_MIN, USE_PTX)
+    if GATED:
+        gate, up = tl.split(tl.reshape(out, (BLOCK_N, 2)))
+        out = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(y_ptr + m * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _gemv_rows(x_row, w_ptr, s_ptr, m_ptr, b_ptr, rows, K, num_blocks, stride_wn, stride_sn,
+               BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, HALF: tl.constexpr,
+               GROUP: tl.constexpr, HAS_MIN: tl.constexpr, USE_PTX: tl.constexpr):
+    """`_gemv_kernel`'s dot products of weight rows `rows` with x, plus their bias: fp32, rows' shape."""
+    BLOCK_N: tl.constexpr = rows.shape[0]
     if GROUP > 0:
         out = _gemv_grouped(x_row, w_ptr, s_ptr, m_ptr, rows, K, num_blocks, stride_wn, stride_sn,
-                            BITS, BLOCK_N, BLOCK_K, HALF, GROUP, HAS_MIN)
+                            BITS, BLOCK_K, HALF, GROUP, HAS_MIN)
     elif BITS >= 8:         # int8, or (BITS 16) an unquantized float weight [N, K]
         Kp = num_blocks * (2 * HALF) if BITS == 8 else K
         offs_k = tl.arange(0, BLOCK_K)
@@ -207,14 +226,15 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, N, K, num_blocks,
         out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows).to(tl.float32)
-    tl.store(y_ptr + m * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+    return out
 
 
 @triton.jit
 def _gemv_grouped(x_row, w_ptr, s_ptr, m_ptr, rows, K, num_blocks, stride_wn, stride_sn,
-                  BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF: tl.constexpr,
-                  GROUP: tl.constexpr, HAS_MIN: tl.constexpr):
-    """`_gemv_kernel`'s dot products of weight rows `rows` with x for the grouped formats: [BLOCK_N] fp32."""
+                  BITS: tl.constexpr, BLOCK_K: tl.constexpr, HALF: tl.constexpr, GROUP: tl.constexpr,
+                  HAS_MIN: tl.constexpr):
+    """`_gemv_rows` for the grouped formats."""
+    BLOCK_N: tl.constexpr = rows.shape[0]
     if BITS == 8:
         NG: tl.constexpr = BLOCK_K // GROUP                  # groups per step
         Kp = num_blocks * (2 * HALF)
@@ -416,34 +436,42 @@ FLOAT_GEMV_MAX_N = 65535 * GEMV_DEFAULT[16].block_n
 
 
 def float_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               config: GemvConfig | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) for one row of x, by the GEMV kernel (weight [N, K], contiguous rows)."""
-    K, N = x.shape[-1], weight.shape[0]
+               config: GemvConfig | None = None, gated: bool = False) -> torch.Tensor:
+    """F.linear(x, weight, bias) for one row of x, by the GEMV kernel (weight [N, K], contiguous rows); gated:
+    silu_and_mul of it, in the same launch."""
+    K = x.shape[-1]
     x2 = x.reshape(-1, K).contiguous()
     assert x2.shape[0] == 1 and weight.stride(1) == 1
-    return _gemv(x2, weight, weight, None, bias, 16, config).view(*x.shape[:-1], N)
+    y = _gemv(x2, weight, weight, None, bias, 16, config, gated=gated)
+    return y.view(*x.shape[:-1], y.shape[1])
 
 
 def _gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor | None,
           bias: torch.Tensor | None, bits: int, config: GemvConfig | None, num_blocks: int = 0, stride_sn: int = 0,
-          group: int = 0, use_ptx: bool = False) -> torch.Tensor:
-    """`_gemv_kernel` over the rows of x2 ([M, K], unit stride): y [M, N] in x2's dtype."""
-    M, K, N = x2.shape[0], x2.shape[1], weight.shape[0]
+          group: int = 0, use_ptx: bool = False, gated: bool = False) -> torch.Tensor:
+    """`_gemv_kernel` over the rows of x2 ([M, K], unit stride): y [M, N] in x2's dtype (gated: [M, N / 2],
+    silu(gate) * up of a [gate; up] weight)."""
+    M, K = x2.shape
+    N = weight.shape[0] // 2 if gated else weight.shape[0]
     c = config or (GEMV_WINT4 if bits == 4 and not group else GEMV_DEFAULT[bits])
+    if gated and config is None:
+        # a program streams twice the rows: half the K step keeps its bytes per step those the configs were
+        # tuned with (not yet timed on a GPU: `benchmarks/quant_kernels.py --gated`)
+        c = replace(c, block_k=max(BLOCK, c.block_k // 2))
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     _gemv_kernel[(M, triton.cdiv(N, c.block_n))](
         x2, weight, scale, mins if mins is not None else scale, bias if bias is not None else y, y, N, K, num_blocks,
         x2.stride(0), weight.stride(0), stride_sn, y.stride(0),
         BITS=bits, HAS_BIAS=bias is not None, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
-        HALF=BLOCK // 2, GROUP=group, HAS_MIN=mins is not None, USE_PTX=use_ptx, num_warps=c.num_warps,
-        num_stages=c.num_stages, **launch_options(x2.device))
+        HALF=BLOCK // 2, GROUP=group, HAS_MIN=mins is not None, USE_PTX=use_ptx, GATED=gated,
+        num_warps=c.num_warps, num_stages=c.num_stages, **launch_options(x2.device))
     return y
 
 
 def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bits: int,
                  bias: torch.Tensor | None = None,
                  config: GemvConfig | wint4_gemv.MmaGemvConfig | GemmConfig | None = None, *,
-                 group: int = 0, mins: torch.Tensor | None = None) -> torch.Tensor:
+                 group: int = 0, mins: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """Same contract as quant_matmul.quant_matmul; `config` overrides the launch heuristics (benchmarks)."""
     K, N = x.shape[-1], qweight.shape[0]
     x2 = x.reshape(-1, K)
@@ -451,37 +479,45 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
         x2 = x2.contiguous()
     M = x2.shape[0]
     if M == 0:
-        return torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
+        return torch.empty(*x.shape[:-1], N // 2 if gated else N, dtype=x.dtype, device=x.device)
     num_blocks = triton.cdiv(K, BLOCK)
     stride_sn = scale.stride(0) if bits == 4 or group else 0
     if mins is not None:
         assert bits == 4 and group and mins.stride() == scale.stride(), "mins: int4 grouped, laid out as scale"
-    formats = dict(GROUP=group, HAS_MIN=mins is not None)
-    m_ptr = mins if mins is not None else scale
     use_ptx = PTX and bits == 4 and not group          # wint4's nibble conversions in PTX (not the interpreter's)
     if config is None and M <= GEMV_MAX_M and use_ptx:
         config = wint4_gemv.config_for(x2, qweight)
-    if isinstance(config, wint4_gemv.MmaGemvConfig):
-        return wint4_gemv.gemv_wint4(x2, qweight, scale, bias, config).view(*x.shape[:-1], N)
     # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) that the tensor-core GEMV
     # does not take leave the CUDA-core GEMV too few programs to stream at bandwidth; the split-K GEMM takes them
     # (H100: 17.8 against 20.3 us)
-    gemv = M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)
-    if isinstance(config, GemvConfig) or (config is None and gemv):
-        y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx)
-        return y.view(*x.shape[:-1], N)
-    c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
+    if isinstance(config, wint4_gemv.MmaGemvConfig):
+        y = wint4_gemv.gemv_wint4(x2, qweight, scale, bias, config)
+    elif isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)):
+        y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx, gated)
+        gated = False                                   # done in the GEMV's launch
+    else:
+        c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
+        y = _gemm(x2, qweight, scale, mins, bias, bits, c, num_blocks, stride_sn, group, use_ptx)
+    y = y.view(*x.shape[:-1], y.shape[1])
+    return silu_and_mul(y) if gated else y
+
+
+def _gemm(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor | None,
+          bias: torch.Tensor | None, bits: int, c: GemmConfig, num_blocks: int, stride_sn: int, group: int,
+          use_ptx: bool) -> torch.Tensor:
+    """`_gemm_kernel` over x2 ([M, K], unit stride): y [M, N] in x2's dtype."""
+    M, K, N = x2.shape[0], x2.shape[1], qweight.shape[0]
     split = max(1, min(c.split_k, num_blocks))
     grid = (triton.cdiv(M, c.block_m), triton.cdiv(N, c.block_n), split)
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    partials = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
-    counters = tile_counters(x.device)
+    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    partials = torch.empty(split, M, N, dtype=torch.float32, device=x2.device) if split > 1 else y
+    counters = tile_counters(x2.device)
     check_counters(counters, grid[0] * grid[1])
     _gemm_kernel[grid](
-        x2, qweight, scale, m_ptr, bias if bias is not None else y, y, partials, counters, M, N, K, num_blocks,
-        x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
+        x2, qweight, scale, mins if mins is not None else scale, bias if bias is not None else y, y, partials,
+        counters, M, N, K, num_blocks, x2.stride(0), qweight.stride(0), stride_sn, y.stride(0),
         BITS=bits, HAS_BIAS=bias is not None, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
-        HALF=BLOCK // 2, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
-        USE_PTX=use_ptx and x.dtype in (torch.bfloat16, torch.float16), **formats, num_warps=c.num_warps,
-        num_stages=c.num_stages, **launch_options(x.device))
-    return y.view(*x.shape[:-1], N)
+        HALF=BLOCK // 2, DOT_PRECISION="ieee" if x2.dtype == torch.float32 else "tf32", SPLIT_K=split,
+        USE_PTX=use_ptx and x2.dtype in (torch.bfloat16, torch.float16), GROUP=group, HAS_MIN=mins is not None,
+        num_warps=c.num_warps, num_stages=c.num_stages, **launch_options(x2.device))
+    return y
