@@ -49,4 +49,5 @@ def split_k_total(part, partials, split_stride, mask, counter, SPLIT_K: tl.const
 
 
 def check_counters(counters: torch.Tensor, tiles: int) -> None:
-    assert tiles <= counters.numel(), f"{tiles} output tiles, more than the {counters.numel()} arrival counters of split reductions"
+    assert tiles <= counters.numel(), \
+        f"{tiles} output tiles, more than the {counters.numel()} arrival counters of split reductions"
