@@ -38,7 +38,8 @@ def main():
             tokens[pdl] = [o.outputs.token_ids for o in out["outs"]]
             # the last step ran every row, so the graph's inputs are a full batch's
             us = step_us(llm.llm_engine.runner.graphs.graphs[batch][0])
-            print(f"{shape} {quant or 'bf16'} batch {batch}, PDL {'on' if pdl else 'off'}: {us:.1f} us/step", flush=True)
+            print(f"{shape} {quant or 'bf16'} batch {batch}, PDL {'on' if pdl else 'off'}: {us:.1f} us/step",
+                  flush=True)
             del llm
             release()
         assert tokens[True] == tokens[False], f"{shape}: greedy tokens changed with PDL"

@@ -225,8 +225,8 @@ def run_gated():
             return bench_graph([lambda a=a: matmul(*a, **kw) for a in args], reps=7)
 
         unfused = bench_graph([lambda a=a: tq.silu_and_mul(matmul(*a)) for a in args], reps=7)
-        times = {c: timed(gated=True, config=c)
-                 for c in itertools.starmap(tq.GemvConfig, itertools.product((1, 2, 4), (256, 512, 1024), (2, 4), (3,)))}
+        configs = itertools.starmap(tq.GemvConfig, itertools.product((1, 2, 4), (256, 512, 1024), (2, 4), (3,)))
+        times = {c: timed(gated=True, config=c) for c in configs}
         print(f"{method:<6} err {err:.1e}: unfused {unfused * 1e6:6.1f}; gated {timed(gated=True) * 1e6:6.1f}; "
               + _top(times, fmt), flush=True)
         del args
