@@ -206,6 +206,26 @@ def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
         torch.testing.assert_close(tq.quant_matmul(xd, qd, sd, 4, bd, config=config), got_first, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
+@pytest.mark.parametrize("config", [w4.DEFAULT_CONFIG, w4.MmaGemvConfig(4, 8, 2), w4.MmaGemvConfig(8, 4, 1),
+                                    w4.MmaGemvConfig(4, 8, 2, split_k=3)])
+@pytest.mark.parametrize("n,k,bias", [(40, 300, True), (4100, 4096, False), (37, 1100, True)])
+def test_wint4_mma_gemv_gated(config, n, k, bias):
+    """The tensor-core GEMV with SiLU-and-mul in its launch ([gate; up] weight, 2n rows; n not a multiple of the
+    outputs per program): against the reference linear then silu_and_mul, and through the dispatcher."""
+    gen = torch.Generator().manual_seed(n + k)
+    q, s = qm.quantize_int4(torch.randn(2 * n, k, generator=gen) * 0.1)
+    x = torch.randn(1, k, generator=gen).to(torch.bfloat16)
+    b = torch.randn(2 * n, generator=gen).to(torch.bfloat16) if bias else None
+    y = qm.matmul_ref(x.float(), q, s.float(), 4, None if b is None else b.float())
+    want = torch.nn.functional.silu(y[:, :n]) * y[:, n:]
+    assert w4.checked_config(config, torch.device("cuda"), gated=True)
+    xd, qd, sd, bd = (None if t is None else t.cuda() for t in (x, q, s, b))
+    for got in (w4.gemv_wint4(xd, qd, sd, bd, config, gated=True), tq.quant_matmul(xd, qd, sd, 4, bd, gated=True)):
+        err = (got.float().cpu() - want).abs().max() / (1 + want.abs().max())
+        assert got.shape == (1, n) and err < KERNEL_TOL[torch.bfloat16], f"{n=} {k=} err {err:.2e}"
+
+
 # ------------------------------------------------------------------- PyTorch's CPU kernels (bf16 activations)
 
 def _cpu_formats():

@@ -491,7 +491,9 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     # does not take leave the CUDA-core GEMV too few programs to stream at bandwidth; the split-K GEMM takes them
     # (H100: 17.8 against 20.3 us)
     if isinstance(config, wint4_gemv.MmaGemvConfig):
-        y = wint4_gemv.gemv_wint4(x2, qweight, scale, bias, config)
+        fuse = gated and wint4_gemv.checked_config(config, x2.device, gated=True)
+        y = wint4_gemv.gemv_wint4(x2, qweight, scale, bias, config, fuse)
+        gated = gated and not fuse
     elif isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)):
         y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx, gated)
         gated = False                                   # done in the GEMV's launch

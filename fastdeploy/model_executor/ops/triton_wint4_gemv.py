@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastdeploy.model_executor.ops.activation import silu_and_mul_ref
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK, matmul_ref, quantize_int4
 from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
@@ -50,7 +51,8 @@ _WINT4_MMA_CONSTRAINTS = tl.constexpr(",".join(["=r"] * 8 + ["r"] * 40))
 @triton.jit
 def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_ptr, N, K, num_blocks, stride_xm,
                        stride_w32, stride_sn, stride_ym, HAS_BIAS: tl.constexpr, REPS: tl.constexpr,
-                       WARPS: tl.constexpr, EVEN: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr):
+                       WARPS: tl.constexpr, EVEN: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr,
+                       PDL: tl.constexpr):
     """y = x W^T for one bf16 row x and wint4 W, dequantizing into mma.sync (PTX only). Each step, warp w takes
     group g0 + w (128 inputs: a row's 64 bytes, as 16 int32) of the program's 8 REPS rows. The tile is 2D,
     [REPS * WARPS * 8, 16] int32, its row i = (rep, w, j) holding weight row 8 rep + j: as Triton lays out a 2D
@@ -63,7 +65,9 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
     quarter of it (exact), which the sum over the tile's last axis adds up; then sum (128 + n) x - 136 sum(x)
     = sum (n - 8) x. `checked_config` tests this reliance on Triton's layout once per launch config.
     x loads as int64 (4 bf16): K % 4 == 0 and an 8-byte aligned row. EVEN: K is a multiple of WARPS groups.
-    SPLIT_K > 1: program_id(2) takes a share of the steps, summed by triton_split_k (fp32 partials [SPLIT_K, M, N])."""
+    SPLIT_K > 1: program_id(2) takes a share of the steps, summed by triton_split_k (fp32 partials [SPLIT_K, M, N]).
+    GATED: W is [gate; up] (2N rows) and y = silu(gate) * up: the program's first REPS / 2 reps read the gate rows
+    of its 4 REPS outputs and the others their up rows (the mma does not care which rows a tile holds)."""
     wait_for_previous(PDL)
     m = tl.program_id(0).to(tl.int64)
     # this split's groups: [g_start, g_end), whole steps of WARPS groups
@@ -73,8 +77,11 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
     T: tl.constexpr = REPS * WARPS * 8
     i = tl.arange(0, T)
     warp = (i // 8) % WARPS
-    row = tl.program_id(1) * (8 * REPS) + (i // (8 * WARPS)) * 8 + i % 8
-    row = tl.minimum(row, N - 1).to(tl.int64)               # clamped: the weight loads need no row mask
+    OUT_REPS: tl.constexpr = REPS // 2 if GATED else REPS   # reps of output rows; GATED: then as many of up rows
+    rep = i // (8 * WARPS)
+    row = tl.program_id(1) * (8 * OUT_REPS) + (rep % OUT_REPS) * 8 + i % 8
+    # clamped (the weight loads need no row mask), then moved to the up half for the second reps
+    row = (tl.minimum(row, N - 1) + (rep // OUT_REPS) * N).to(tl.int64)
     offs_q = tl.arange(0, 16)
     w_ptrs = (w_ptr.to(tl.pointer_type(tl.int32)) + row[:, None] * stride_w32 + (g_start + warp[:, None]) * 16
               + offs_q[None, :])
@@ -112,21 +119,32 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
         x_group += WARPS * 128
         s_ptrs += WARPS
     out = tl.sum(tl.reshape(acc, (REPS, WARPS, 8)), axis=1)                   # [REPS, 8]: rows 8 rep + j
-    rows = tl.program_id(1) * (8 * REPS) + tl.arange(0, REPS)[:, None] * 8 + tl.arange(0, 8)[None, :]
+    reps = tl.arange(0, REPS)[:, None]
+    rows = tl.program_id(1) * (8 * OUT_REPS) + (reps % OUT_REPS) * 8 + tl.arange(0, 8)[None, :]   # output rows
+    w_rows = rows + (reps // OUT_REPS) * N                                                        # weight rows
     if SPLIT_K > 1:
+        W_ROWS = 2 * N if GATED else N
         counter = counter_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        last, out = split_k_total(out, partial_ptr + m * N + rows, tl.num_programs(0) * N, rows < N, counter,
-                                  SPLIT_K)
+        last, out = split_k_total(out, partial_ptr + m * W_ROWS + w_rows, tl.num_programs(0) * W_ROWS, rows < N,
+                                  counter, SPLIT_K)
         if last:
-            _store_row(out, rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS)
+            _store_row(out, rows, w_rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS, GATED)
     else:
-        _store_row(out, rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS)
+        _store_row(out, rows, w_rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS, GATED)
 
 
 @triton.jit
-def _store_row(out, rows, b_ptr, y_row_ptr, N, HAS_BIAS: tl.constexpr):
+def _store_row(out, rows, w_rows, b_ptr, y_row_ptr, N, HAS_BIAS: tl.constexpr, GATED: tl.constexpr):
+    """Stores the program's [REPS, 8] results (weight rows w_rows, output rows `rows`) plus bias; GATED: the
+    first half are gate rows and the second their up rows, stored as silu(gate) * up."""
     if HAS_BIAS:
-        out += tl.load(b_ptr + tl.minimum(rows, N - 1)).to(tl.float32)
+        out += tl.load(b_ptr + w_rows, mask=rows < N, other=0.0).to(tl.float32)
+    if GATED:
+        REPS: tl.constexpr = out.shape[0]
+        gate, up = tl.split(tl.permute(tl.reshape(out, (2, REPS * 4)), (1, 0)))
+        out = gate / (1.0 + tl.exp(-gate)) * up
+        rows = tl.reshape(rows, (2, REPS * 4))
+        rows, _ = tl.split(tl.permute(rows, (1, 0)))
     tl.store(y_row_ptr + rows, out.to(y_row_ptr.dtype.element_ty), mask=rows < N)
 
 
@@ -164,19 +182,22 @@ def shape_config(n: int, k: int) -> MmaGemvConfig:
 
 
 def gemv_wint4(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-               config: MmaGemvConfig) -> torch.Tensor:
-    """`_gemv_wint4_kernel` over the rows of x2 ([M, K] bf16, unit stride, rows 8-byte aligned): y [M, N]."""
-    M, K, N = x2.shape[0], x2.shape[1], qweight.shape[0]
+               config: MmaGemvConfig, gated: bool = False) -> torch.Tensor:
+    """`_gemv_wint4_kernel` over the rows of x2 ([M, K] bf16, unit stride, rows 8-byte aligned): y [M, N]
+    (gated: [M, N / 2], silu(gate) * up of a [gate; up] weight)."""
+    M, K, W = x2.shape[0], x2.shape[1], qweight.shape[0]
+    N = W // 2 if gated else W
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    grid = (M, triton.cdiv(N, 8 * config.reps), config.split_k)
-    partials = torch.empty(config.split_k, M, N, dtype=torch.float32, device=x2.device) if config.split_k > 1 else y
+    grid = (M, triton.cdiv(N, 8 * (config.reps // 2 if gated else config.reps)), config.split_k)
+    partials = torch.empty(config.split_k, M, W, dtype=torch.float32, device=x2.device) if config.split_k > 1 else y
     counters = tile_counters(x2.device)
     check_counters(counters, grid[0] * grid[1])
     _gemv_wint4_kernel[grid](
         x2, qweight, scale, bias if bias is not None else y, y, partials, counters, N, K, triton.cdiv(K, BLOCK),
         x2.stride(0), qweight.stride(0) // 4, scale.stride(0), y.stride(0), HAS_BIAS=bias is not None,
         REPS=config.reps, WARPS=config.num_warps, EVEN=K % (BLOCK * config.num_warps) == 0,
-        SPLIT_K=config.split_k, num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(x2.device))
+        SPLIT_K=config.split_k, GATED=gated, num_warps=config.num_warps, num_stages=config.num_stages,
+        **launch_options(x2.device))
     return y
 
 
@@ -195,30 +216,33 @@ def fits(x2: torch.Tensor, qweight: torch.Tensor, config: MmaGemvConfig) -> bool
             and _compute_capability(x2.device) >= (8, 0) and checked_config(config, x2.device))
 
 
-_CHECKED: dict[tuple[MmaGemvConfig, torch.device], bool] = {}
+_CHECKED: dict[tuple[MmaGemvConfig, torch.device, bool], bool] = {}
 
 
-def checked_config(config: MmaGemvConfig, device: torch.device) -> bool:
-    """Whether `_gemv_wint4_kernel` computes right with this config on this device. Its mma relies on how Triton
-    lays out the tile in registers, which is the compiler's choice, so each config is checked once against the
-    dequantized reference (K and N not multiples of the tile: the masked paths); on a mismatch the GEMV falls
-    back to triton_quant_matmul's CUDA-core GEMV. Unchecked configs are not used during a CUDA graph capture,
-    which cannot sync."""
-    key = (config, device)
+def checked_config(config: MmaGemvConfig, device: torch.device, gated: bool = False) -> bool:
+    """Whether `_gemv_wint4_kernel` computes right with this config (and gated form) on this device. Its mma
+    relies on how Triton lays out the tile in registers, which is the compiler's choice, so each config is checked
+    once against the dequantized reference (K and N not multiples of the tile: the masked paths); on a mismatch
+    the GEMV falls back to triton_quant_matmul's CUDA-core GEMV (gated: to this GEMV then the activation kernel).
+    Unchecked configs are not used during a CUDA graph capture, which cannot sync."""
+    key = (config, device, gated)
     if key not in _CHECKED:
         if torch.cuda.is_current_stream_capturing():
             return False
         gen = torch.Generator().manual_seed(0)
         # a last step with part of its groups, and with split_k > 2 a split with no steps
         n, k = 8 * config.reps + 5, BLOCK * config.num_warps * config.split_k + 68
-        q, s = quantize_int4(torch.randn(n, k, generator=gen))
+        q, s = quantize_int4(torch.randn(2 * n if gated else n, k, generator=gen))
         x = torch.randn(1, k, generator=gen).to(torch.bfloat16)
         want = matmul_ref(x.float(), q, s.float(), 4)
-        got = gemv_wint4(x.to(device), q.to(device), s.to(device), None, config).float().cpu()
+        if gated:
+            want = silu_and_mul_ref(want)
+        got = gemv_wint4(x.to(device), q.to(device), s.to(device), None, config, gated).float().cpu()
         _CHECKED[key] = bool(((got - want).abs().max() / (1 + want.abs().max())) < 1e-2)
         if not _CHECKED[key]:
-            warnings.warn(f"wint4 tensor-core GEMV {config} is wrong with this Triton ({triton.__version__}): "
-                          "using the CUDA-core GEMV")
+            fallback = "it, then silu_and_mul" if gated else "the CUDA-core GEMV"
+            warnings.warn(f"wint4 tensor-core GEMV {config}{' (gated)' if gated else ''} is wrong with this Triton "
+                          f"({triton.__version__}): using {fallback}")
     return _CHECKED[key]
 
 
