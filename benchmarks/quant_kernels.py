@@ -195,7 +195,8 @@ def run_sweep():
 def run_gated():
     """M=1 gate/up ([gate; up], 2 x 14336 rows): the GEMV that applies silu_and_mul in its own launch (gated)
     against the GEMV then the activation kernel, for bf16 weights and each method, the gated GEMV's default
-    and swept launch configs (CUDA-graph timings, weights from DRAM)."""
+    and swept launch configs (CUDA-graph timings, weights from DRAM). wint4's default is the tensor-core GEMV;
+    the swept configs are its CUDA-core GEMV's."""
     print("\ngate/up at M=1 (us): GEMV then silu_and_mul; gated default; best gated configs")
     k, n = SHAPES["gate/up"][0], 2 * SHAPES["gate/up"][1]
     x = torch.randn(1, k, device=DEV, dtype=DTYPE)
@@ -210,11 +211,7 @@ def run_gated():
             bits = qm.METHODS[method]
             _, q, s, nbytes = weights(k, n, bits)
             args = list(zip(copies(q, nbytes), copies(s, nbytes)))
-
-            def matmul(q, s, bits=bits, config=None, gated=False):
-                # wint4's default is the tensor-core GEMV, which has no gated form: its CUDA-core GEMV is compared
-                config = config or (tq.GEMV_WINT4 if bits == 4 and gated else None)
-                return tq.quant_matmul(x, q, s, bits, config=config, gated=gated)
+            matmul = lambda q, s, bits=bits, **kw: tq.quant_matmul(x, q, s, bits, **kw)  # noqa: E731
             want = reference(x, q, s, bits)
         want = F.silu(want[:, :n // 2]) * want[:, n // 2:]
         err = maxerr(matmul(*args[0], gated=True), want)
