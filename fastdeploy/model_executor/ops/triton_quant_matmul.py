@@ -26,9 +26,9 @@
   for fp32 activations, through fp32. For small M the weight stream is split along K too (SPLIT_K programs per
   tile), so that enough programs stream weights at once. The split is reduced serially in the same launch
   (triton_split_k.py): every program stores its fp32 partial tile, and the last of a tile's programs to arrive
-  (an atomic counter) adds them up in split order and writes y. This spares the zeroed buffer and the final cast that fp32
-  atomics into y would need (two more launches per linear, a fifth of a small decode GEMM's time), and the
-  result does not depend on the order the programs ran in.
+  (an atomic counter) adds them up in split order and writes y. This spares the zeroed buffer and the final
+  cast that fp32 atomics into y would need (two more launches per linear, a fifth of a small decode GEMM's
+  time), and the result does not depend on the order the programs ran in.
 
 Grouped formats (GGUF, GROUP > 0; GROUP 0 compiles exactly the wint8/wint4 code): the GEMV tiles K as
 [groups, GROUP] (int8) or, for int4, each 64-wide half of a 128 block as [HALF / GROUP, GROUP], so that a
@@ -487,13 +487,13 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     use_ptx = PTX and bits == 4 and not group          # wint4's nibble conversions in PTX (not the interpreter's)
     if config is None and M <= GEMV_MAX_M and use_ptx:
         config = wint4_gemv.config_for(x2, qweight)
-    # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) that the tensor-core GEMV
-    # does not take leave the CUDA-core GEMV too few programs to stream at bandwidth; the split-K GEMM takes them
-    # (H100: 17.8 against 20.3 us)
     if isinstance(config, wint4_gemv.MmaGemvConfig):
         fuse = gated and wint4_gemv.checked_config(config, x2.device, gated=True)
         y = wint4_gemv.gemv_wint4(x2, qweight, scale, bias, config, fuse)
         gated = gated and not fuse
+    # wint4 rows much longer than there are rows (Llama-3-8B's down_proj: K = 3.5 N) that the tensor-core GEMV
+    # does not take leave the CUDA-core GEMV too few programs to stream at bandwidth; the split-K GEMM takes them
+    # (H100: 17.8 against 20.3 us)
     elif isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)):
         y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx, gated)
         gated = False                                   # done in the GEMV's launch
