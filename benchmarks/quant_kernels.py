@@ -194,25 +194,23 @@ def run_sweep():
 
 def run_gated():
     """M=1 gate/up ([gate; up], 2 x 14336 rows): the GEMV that applies silu_and_mul in its own launch (gated)
-    against the GEMV then the activation kernel, for bf16 weights and each method, the gated GEMV's default
-    and swept launch configs (CUDA-graph timings, weights from DRAM). wint4's default is the tensor-core GEMV;
-    the swept configs are its CUDA-core GEMV's."""
+    against the GEMV then the activation kernel, for the two that have the gated form: the bf16 GEMV (its
+    default and swept launch configs) and wint4's tensor-core GEMV (CUDA-graph timings, weights from DRAM)."""
     print("\ngate/up at M=1 (us): GEMV then silu_and_mul; gated default; best gated configs")
     k, n = SHAPES["gate/up"][0], 2 * SHAPES["gate/up"][1]
     x = torch.randn(1, k, device=DEV, dtype=DTYPE)
     fmt = lambda c: f"n={c.block_n} k={c.block_k} w={c.num_warps} s={c.num_stages}"  # noqa: E731
-    for method in ("bf16", *qm.METHODS):
+    for method in ("bf16", "wint4"):
         if method == "bf16":
             w = torch.randn(n, k, device=DEV, dtype=DTYPE) * 0.02
             args = [(w,) for w in copies(w, w.numel() * 2)]
             matmul = lambda w, **kw: tq.float_gemv(x, w, **kw)  # noqa: E731
             want = F.linear(x.float(), w.float())
         else:
-            bits = qm.METHODS[method]
-            _, q, s, nbytes = weights(k, n, bits)
+            _, q, s, nbytes = weights(k, n, 4)
             args = list(zip(copies(q, nbytes), copies(s, nbytes)))
-            matmul = lambda q, s, bits=bits, **kw: tq.quant_matmul(x, q, s, bits, **kw)  # noqa: E731
-            want = reference(x, q, s, bits)
+            matmul = lambda q, s, **kw: tq.quant_matmul(x, q, s, 4, **kw)  # noqa: E731
+            want = reference(x, q, s, 4)
         want = F.silu(want[:, :n // 2]) * want[:, n // 2:]
         err = maxerr(matmul(*args[0], gated=True), want)
         if err > TOL:
@@ -222,10 +220,12 @@ def run_gated():
             return bench_graph([lambda a=a: matmul(*a, **kw) for a in args], reps=7)
 
         unfused = bench_graph([lambda a=a: tq.silu_and_mul(matmul(*a)) for a in args], reps=7)
-        configs = itertools.starmap(tq.GemvConfig, itertools.product((1, 2, 4), (256, 512, 1024), (2, 4), (3,)))
-        times = {c: timed(gated=True, config=c) for c in configs}
-        print(f"{method:<6} err {err:.1e}: unfused {unfused * 1e6:6.1f}; gated {timed(gated=True) * 1e6:6.1f}; "
-              + _top(times, fmt), flush=True)
+        line = f"{method:<6} err {err:.1e}: unfused {unfused * 1e6:6.1f}; gated {timed(gated=True) * 1e6:6.1f}"
+        if method == "bf16":
+            configs = itertools.starmap(tq.GemvConfig, itertools.product((1, 2, 4, 8), (256, 512, 1024), (2, 4),
+                                                                         (1, 3)))
+            line += "; " + _top({c: timed(gated=True, config=c) for c in configs}, fmt)
+        print(line, flush=True)
         del args
 
 

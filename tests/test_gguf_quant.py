@@ -116,7 +116,7 @@ def test_grouped_kernel_matches_reference(qtype, dtype, m, n, k, bias):
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
 def test_grouped_gemv_gated_is_silu_and_mul_of_it(qtype):
-    """A [gate; up] weight with gated=True: the GEMV's gate and up rows per program, for every grouped format."""
+    """A [gate; up] weight with gated=True: silu(gate) * up, for every grouped format."""
     n, k = 20, _k(qtype, 416)
     packed = gq.repack(random_blocks(qtype, 2 * n, k, np.random.default_rng(1)), qtype)
     x = torch.randn(1, k, generator=torch.Generator().manual_seed(1))

@@ -156,9 +156,9 @@ def test_float_gemv_matches_linear(dtype, n, k, bias):
 @pytest.mark.parametrize("m,n,k,bias", [(1, 40, 300, True), (1, 7, 1100, False), (1, 1, 64, True),
                                         (3, 24, 260, True)])
 def test_gated_matmul_is_silu_and_mul_of_it(bits, m, n, k, bias):
-    """`gated=True` on a [gate; up] weight (2n rows): silu(gate) * up, which the GEMV (single rows) computes in
-    its own launch from each program's gate and up rows, and other paths (m = 3: the tiled kernel) by the
-    activation kernel after. Against the reference linear then silu_and_mul, in fp32."""
+    """`gated=True` on a [gate; up] weight (2n rows): silu(gate) * up, which the 16-bit GEMV (single rows)
+    computes in its own launch from each program's gate and up rows, and other paths (quantized weights, m = 3)
+    by the activation kernel after. Against the reference linear then silu_and_mul, in fp32."""
     gen = torch.Generator().manual_seed(bits * 100 + n)
     w = torch.randn(2 * n, k, generator=gen) * 0.1
     x, b = torch.randn(m, k, generator=gen), (torch.randn(2 * n, generator=gen) if bias else None)

@@ -7,7 +7,7 @@ import torch
 
 from fastdeploy.engine.request import Request
 from fastdeploy.engine.sampling_params import SamplingParams
-from fastdeploy.worker.sampler import Sampler, SamplingMetadata, argmax, hash_uniform
+from fastdeploy.worker.sampler import Sampler, SamplingMetadata, hash_uniform
 
 LOGITS = [2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, -0.5]
 # Logits whose softmax is exactly these probabilities, for readable top-p/min-p cases.
@@ -161,21 +161,6 @@ def test_argmax_only_metadata_takes_the_argmax():
     assert Sampler()(logits, meta).token_ids.tolist() == logits.argmax(dim=-1).tolist()
     assert torch.equal(Sampler().compute_probs(logits, meta),
                        torch.nn.functional.one_hot(logits.argmax(dim=-1), len(LOGITS)).float())
-
-
-@pytest.mark.parametrize("chunks", [1, 8, 7])
-def test_argmax_in_chunks_takes_the_first_maximum(chunks):
-    """The GPU's two-pass argmax (forced here; 7 chunks do not divide 56 and take the one-pass path): equal maxima
-    within a chunk, across chunks, and at a chunk's edge resolve to the first index, as torch.argmax does."""
-    logits = torch.randn(6, 56, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    logits[1, [3, 5]] = 9.0                 # within one chunk
-    logits[2, [6, 40]] = 9.0                # across chunks
-    logits[3, [7, 8]] = 9.0                 # the end of one chunk and the start of the next
-    logits[4, :] = 0.0                      # all equal
-    logits[5, 55] = 9.0                     # the last index
-    want = [int(row.float().argmax()) for row in logits]
-    assert want[1:] == [3, 6, 7, 0, 55]
-    assert argmax(logits, chunks).tolist() == want
 
 
 @pytest.mark.parametrize("params, extra, expected", [

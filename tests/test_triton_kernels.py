@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
+from fastdeploy.model_executor.ops import triton_argmax  # noqa: E402
 from fastdeploy.model_executor.ops import triton_attention as ta  # noqa: E402
 from fastdeploy.model_executor.ops import triton_elementwise as te  # noqa: E402
 from fastdeploy.model_executor.ops.activation import silu_and_mul_ref  # noqa: E402
@@ -286,6 +287,34 @@ def test_silu_and_mul(inter, dtype):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# greedy argmax
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vocab", [56, 3000, 128 * 1024 + 1])
+def test_argmax_takes_the_first_maximum(vocab, dtype):
+    """Against torch.argmax: equal maxima within a chunk, across chunks, at a chunk's edge (1024 logits: the
+    smallest chunk), all equal, the last index; more chunks than MAX_CHUNKS' tile would hold at 1024 each
+    (128k + 1 logits: the chunk grows); a row stride longer than the row (a padded vocabulary's view); and the
+    same arrival counters again in a second launch."""
+    gen = torch.Generator().manual_seed(vocab)
+    padded = torch.randn(7, vocab + 5, generator=gen).to(dtype)
+    logits = padded[:, :vocab]
+    edge = min(1024, vocab - 1)
+    logits[1, [3, 5]] = 9.0                             # within one chunk
+    logits[2, [6, vocab - 2]] = 9.0                     # across chunks
+    logits[3, [edge - 1, edge]] = 9.0                   # the end of one chunk and the start of the next
+    logits[4, :] = 0.0                                  # all equal
+    logits[5, vocab - 1] = 9.0                          # the last index
+    logits[6, :] = -float("inf")                        # nothing finite
+    logits[6, vocab // 2] = -1e4
+    want = logits.float().argmax(-1)
+    assert want[1:].tolist() == [3, 6, edge - 1, 0, vocab - 1, vocab // 2]
+    for _ in range(2):
+        assert torch.equal(triton_argmax.argmax(logits.to(DEVICE)).cpu(), want)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # dispatchers
 # ----------------------------------------------------------------------------------------------------------
 
@@ -293,10 +322,11 @@ def test_dispatchers_route_by_device(monkeypatch):
     """CUDA tensors go to the Triton launchers, CPU tensors to the references."""
     from fastdeploy.model_executor.layers.attention import AttentionMetadata
     from fastdeploy.model_executor.ops import activation, norm, paged_attention, rotary
+    from fastdeploy.worker import sampler
 
     called = []
     for mod, name in ((ta, "store_kvcache"), (ta, "paged_attention"), (te, "rms_norm"),
-                      (te, "apply_rotary"), (te, "silu_and_mul")):
+                      (te, "apply_rotary"), (te, "silu_and_mul"), (triton_argmax, "argmax")):
         fn = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _fn=fn, _n=name, **kw: (called.append(_n), _fn(*a, **kw))[1])
     gen = torch.Generator().manual_seed(0)
@@ -308,8 +338,9 @@ def test_dispatchers_route_by_device(monkeypatch):
     norm.rms_norm(q, torch.ones(64, device=DEVICE, dtype=q.dtype), 1e-6)
     rotary.apply_rotary(q, k, torch.ones(4, 32, device=DEVICE), torch.zeros(4, 32, device=DEVICE), False)
     activation.silu_and_mul(q)
-    expected = ["store_kvcache", "paged_attention", "rms_norm", "apply_rotary", "silu_and_mul"] if CUDA else []
-    assert called == expected
+    sampler.argmax(q[0])
+    expected = ["store_kvcache", "paged_attention", "rms_norm", "apply_rotary", "silu_and_mul", "argmax"]
+    assert called == (expected if CUDA else [])
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from fastdeploy.engine.sampling_params import NEUTRAL_DEFAULTS, SamplingParams
+from fastdeploy.model_executor.ops import triton_kernels
 from fastdeploy.utils.tensors import to_device
 
 _MASK32 = 0xFFFFFFFF
@@ -281,21 +282,13 @@ def _filter(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     return logits.scatter(1, order, sorted_logits.masked_fill(~keep, float("-inf")))
 
 
-ARGMAX_CHUNKS = 128
-
-
-def argmax(logits: torch.Tensor, chunks: int | None = None) -> torch.Tensor:
-    """logits.argmax(-1) for [B, V] logits, the first index among equal maxima. On a GPU in two passes when V splits
-    into ARGMAX_CHUNKS equal chunks (it does for the usual vocabularies): PyTorch reduces a long row in one thread
-    block, 28 us for Llama-3's 128k logits on an H200, a tenth of its LM head; the chunks' maxima, then the
-    first chunk holding the largest, take a few small launches."""
-    chunks = chunks or (ARGMAX_CHUNKS if logits.is_cuda else 1)
-    B, V = logits.shape
-    if chunks == 1 or V % chunks:
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits.argmax(-1) for [B, V] logits, the first index among equal maxima: on a GPU in one launch
+    (triton_argmax.py; PyTorch's argmax reduces a row of 128k logits in a single thread block)."""
+    kernels = triton_kernels("triton_argmax") if logits.is_cuda else None
+    if kernels is None or logits.stride(-1) != 1:
         return logits.argmax(dim=-1)
-    values, offsets = logits.view(B, chunks, V // chunks).max(dim=-1)       # each chunk's first maximum
-    chunk = values.argmax(dim=-1, keepdim=True)                             # the first chunk with the largest
-    return (chunk * (V // chunks) + offsets.gather(1, chunk)).squeeze(1)
+    return kernels.argmax(logits)
 
 
 def _exponential_race(probs: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:

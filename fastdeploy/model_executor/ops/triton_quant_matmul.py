@@ -12,8 +12,8 @@
   n enters as the float 128 + n, made from its byte by one byte permute, and each group's dot product sheds the
   bias (136 times the group's sum of x) before its scale multiplies it. The int8 per-channel scale is applied
   once at the end. Rows run as separate programs (grid axis 0 is the row, fastest), so the few rows of a decode
-  batch re-read each weight tile from L2. With `gated` (an MLP's [gate; up] weight) each program takes the
-  gate and the up row of its outputs and stores silu(gate) * up: the activation costs no launch of its own.
+  batch re-read each weight tile from L2. With `gated` (16-bit weights: an MLP's [gate; up]) each program takes
+  the gate and the up row of its outputs and stores silu(gate) * up: the activation costs no launch of its own.
 - wint4 with one bf16 row goes to the tensor-core GEMV of triton_wint4_gemv.py instead, where it fits: the
   CUDA-core GEMV above spends ~4 instructions per weight on it and so streams wint4 at half the bandwidth.
 - `_gemm_kernel` (larger M): tensor-core tiles of y^T = W x^T, walking K one 128-wide block at a time as a low
@@ -42,7 +42,7 @@ in a float model dequantized at load (H100, bf16, 4096 x 4096: the same max erro
 This module imports triton at the top: the dispatcher in quant_matmul.py imports it lazily.
 """
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -406,11 +406,9 @@ class GemvConfig:
 GEMV_DEFAULT = {16: GemvConfig(1, 1024, 4, 3), 8: GemvConfig(4, 512, 2, 3), 4: GemvConfig(4, 1024, 2, 3)}
 # wint4 (its biased-nibble loop has fewer instructions per byte): least summed time over a layer's linears
 GEMV_WINT4 = GemvConfig(8, 2048, 4, 1)
-# the gated form (Llama-3-8B's [gate; up] at M=1, `quant_kernels.py --gated` on an H200): 16-bit 57.2 us against
-# 60.4 with GEMV_DEFAULT's config at half its K step, int8 36.8 against 37.8; other formats take their default
-# config at half its K step, so that a program, which streams two rows per output, moves the bytes per step
-# that config was tuned with
-GEMV_GATED = {16: GemvConfig(4, 256, 2, 3), 8: GemvConfig(2, 512, 2, 3)}
+# the gated form of the 16-bit GEMV (Llama-3-8B's [gate; up] at M=1, `quant_kernels.py --gated` on an H200):
+# 57.2 us against 60.4 with GEMV_DEFAULT's config at half its K step
+GEMV_GATED = GemvConfig(4, 256, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -458,9 +456,7 @@ def _gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, mins: tor
     silu(gate) * up of a [gate; up] weight)."""
     M, K = x2.shape
     N = weight.shape[0] // 2 if gated else weight.shape[0]
-    c = config or (GEMV_WINT4 if bits == 4 and not group else GEMV_DEFAULT[bits])
-    if gated and config is None:
-        c = GEMV_GATED.get(bits) or replace(c, block_k=max(BLOCK, c.block_k // 2))
+    c = config or (GEMV_GATED if gated else GEMV_WINT4 if bits == 4 and not group else GEMV_DEFAULT[bits])
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     _gemv_kernel[(M, triton.cdiv(N, c.block_n))](
         x2, weight, scale, mins if mins is not None else scale, bias if bias is not None else y, y, N, K, num_blocks,
@@ -498,8 +494,10 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bi
     # does not take leave the CUDA-core GEMV too few programs to stream at bandwidth; the split-K GEMM takes them
     # (H100: 17.8 against 20.3 us)
     elif isinstance(config, GemvConfig) or (config is None and M <= GEMV_MAX_M and not (use_ptx and K > 2 * N)):
-        y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx, gated)
-        gated = False                                   # done in the GEMV's launch
+        # SiLU-and-mul stays a launch of its own after the quantized GEMV: in the GEMV's launch it made the
+        # Llama-3-8B wint8 step slower (H200 graph replays: +39 and +115 us per token in two engines), though
+        # the kernel alone timed the same as the two launches
+        y = _gemv(x2, qweight, scale, mins, bias, bits, config, num_blocks, stride_sn, group, use_ptx)
     else:
         c = config if isinstance(config, GemmConfig) else gemm_config(M, N, num_blocks)
         y = _gemm(x2, qweight, scale, mins, bias, bits, c, num_blocks, stride_sn, group, use_ptx)
