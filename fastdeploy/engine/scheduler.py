@@ -56,27 +56,31 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
 
+        # (this loop runs for every running request at every step: the request's counts are read once, as
+        # locals, rather than through its properties)
+        running, allocate, scheduled = RequestStatus.RUNNING, self.block_manager.allocate, out.scheduled
         for req in list(self.running):
             if budget == 0:
                 break
-            if req.status != RequestStatus.RUNNING:     # preempted earlier in this loop
+            if req.status is not running:               # preempted earlier in this loop
                 continue
-            if req.num_output_tokens + req.num_inflight >= req.max_tokens:
+            known = len(req.output_token_ids) + req.num_inflight
+            if known >= req.max_tokens:
                 continue        # its last token is on the device: done once that arrives
-            num_tokens = req.num_tokens_with_inflight
+            num_tokens = len(req.prompt_token_ids) + known
             num_new = num_tokens - req.num_computed_tokens
             if num_new > budget and not self.enable_chunked_prefill:
                 continue
             num_new = min(num_new, budget)
-            while not self.block_manager.allocate(req, num_new):
+            while not allocate(req, num_new):
                 victim = self.running[-1]
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is req:
                     break
-            if req.status != RequestStatus.RUNNING:
+            if req.status is not running:
                 continue
-            out.scheduled.append(ScheduledRequest(req, num_new, req.num_computed_tokens + num_new == num_tokens))
+            scheduled.append(ScheduledRequest(req, num_new, req.num_computed_tokens + num_new == num_tokens))
             budget -= num_new
 
         if out.preempted:        # memory is tight: admitting more would only preempt again

@@ -227,7 +227,8 @@ class ModelRunner:
         requests must not cost Python work per token."""
         reqs = [s.request for s in scheduled]
         rows = self.block_tables.rows_for(reqs)
-        # one pass over the requests; the rest is numpy over the whole batch
+        # one pass over the requests (its counts read once, as locals: it runs for every request at every
+        # step); the rest is numpy over the whole batch
         query_lens, starts, sample_rows = [], [], []
         input_ids, fill_dst, fill_src = [], [], []
         max_blocks = 0
@@ -236,12 +237,14 @@ class ModelRunner:
             start = req.num_computed_tokens
             query_lens.append(n)
             starts.append(start)
-            max_blocks = max(max_blocks, len(req.block_table))
-            if n == 1 and start >= req.num_tokens:          # (the common decode step under async scheduling)
+            if len(req.block_table) > max_blocks:
+                max_blocks = len(req.block_table)
+            num_known = len(req.prompt_token_ids) + len(req.output_token_ids)
+            if n == 1 and start >= num_known:               # (the common decode step under async scheduling)
                 in_flight = True
             else:
                 input_ids += req.tokens(start, start + n)
-                in_flight = req.num_inflight and start + n > req.num_tokens
+                in_flight = req.num_inflight and start + n > num_known
             if in_flight:                                   # its last token is still on the device
                 fill_dst.append(len(input_ids))
                 fill_src.append(prev.rows[req.request_id])
@@ -370,7 +373,8 @@ class ModelRunner:
 
     def _sampling_metadata(self, reqs: list[Request]) -> SamplingMetadata:
         # checked first, in one cheap pass: the common greedy batch needs nothing built per row
-        if all(r.argmax_only and r.num_output_tokens + r.num_inflight >= r.sampling_params.min_tokens for r in reqs):
+        if all(r.argmax_only and len(r.output_token_ids) + r.num_inflight >= r.sampling_params.min_tokens
+               for r in reqs):
             return SamplingMetadata.argmax_only()
         # eos and stop ids are banned until min_tokens are out
         bans = [r.min_tokens_ban_ids if r.num_output_tokens + r.num_inflight < r.sampling_params.min_tokens else []
@@ -395,13 +399,14 @@ class PersistentBlockTables:
     def rows_for(self, reqs: list[Request]) -> np.ndarray:
         rows = []
         for req in reqs:
-            row, mirrored, n = self.mirrored.get(req.request_id) or (self._new_row(), None, 0)
+            entry = self.mirrored.get(req.request_id)
+            row, mirrored, n = entry or (self._new_row(), None, 0)
             table = req.block_table
             if table is not mirrored:
                 n = 0
-            if len(table) > n:
+            if entry is None or len(table) > n:     # (most decode steps add no block: nothing to write)
                 self.table[row, n:len(table)] = table[n:]
-            self.mirrored[req.request_id] = (row, table, len(table))
+                self.mirrored[req.request_id] = (row, table, len(table))
             rows.append(row)
         return np.asarray(rows)
 
