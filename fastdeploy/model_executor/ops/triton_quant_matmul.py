@@ -401,13 +401,16 @@ class GemvConfig:
 
 # picked by `benchmarks/quant_kernels.py --sweep` on an H100 at M=1 (Llama-3-8B shapes): few warps, so that
 # each thread holds several rows of one K slice and reuses its activations. 16-bit weights (float_gemv) were
-# swept again on an H200 (4.2 TB/s): 4 rows per program against the H100's one row, qkv/o/down 14.6/10.5/30.6
-# against 15.2/11.0/31.4 us, cuBLAS 17.5/13.9/34.1.
+# swept again on an H200 (4.2 TB/s; benchmarks/results/gpu-20261202-0352-gemv-config.log): 4 rows per program
+# instead of the H100's 1 times qkv/o/down within a microsecond of it (15.2/10.7/31.2 against 15.0/11.1/31.4 us;
+# cuBLAS 17.6/14.2/34.0) and, with 4x the rows in CUDA's grid limit, also takes Llama-3's 128k-row LM head
+# from cuBLAS (248 against 254 us). A Llama-3-8B decode step: 4077 against 4108 us, in two engines each.
 GEMV_DEFAULT = {16: GemvConfig(4, 1024, 2, 3), 8: GemvConfig(4, 512, 2, 3), 4: GemvConfig(4, 1024, 2, 3)}
 # wint4 (its biased-nibble loop has fewer instructions per byte): least summed time over a layer's linears
 GEMV_WINT4 = GemvConfig(8, 2048, 4, 1)
 # the gated form of the 16-bit GEMV (Llama-3-8B's [gate; up] at M=1, `quant_kernels.py --gated` on an H200):
-# 57.2 us against 60.4 with GEMV_DEFAULT's config at half its K step
+# 57.2 us against 60.4 with the H100 config at half its K step (the best few configs swap places from run to
+# run within 1.5 us). A Llama-3-8B decode step against the GEMV then the activation kernel: 4108 against 4163 us
 GEMV_GATED = GemvConfig(4, 256, 2, 3)
 
 
