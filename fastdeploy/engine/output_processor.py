@@ -30,18 +30,18 @@ class OutputProcessor:
                 req.logprobs = []
             req.logprobs.append(logprobs)
         params = req.sampling_params
-        detokenizer = self.detokenizers.get(req.request_id)
+        detokenizer = self.detokenizers.get(req.request_id) if self.detokenizers else None
         if detokenizer is not None:
             delta = detokenizer.add(token_id)
             self.texts[req.request_id] += delta
-        n = req.num_output_tokens
+        n = len(req.output_token_ids)       # (this runs for every token: counts as locals, not properties)
         if n >= params.min_tokens:
             if (token_id in req.eos_token_ids and not params.ignore_eos) or token_id in req.stop_token_ids:
                 req.finish_reason = "stop"
                 return
             if detokenizer is not None and self._apply_stop_strings(req, self.texts[req.request_id], len(delta)):
                 return
-        if n >= req.max_tokens or req.num_tokens >= self.max_model_len:
+        if n >= req.max_tokens or len(req.prompt_token_ids) + n >= self.max_model_len:
             req.finish_reason = "length"
 
     def _apply_stop_strings(self, req: Request, text: str, delta_len: int) -> bool:
