@@ -30,7 +30,7 @@ class OutputProcessor:
                 req.logprobs = []
             req.logprobs.append(logprobs)
         params = req.sampling_params
-        detokenizer = self.detokenizers.get(req.request_id) if self.detokenizers else None
+        detokenizer = self.detokenizers.get(req.request_id)
         if detokenizer is not None:
             delta = detokenizer.add(token_id)
             self.texts[req.request_id] += delta
