@@ -17,14 +17,24 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def packed_offsets(nbytes: list[int], align: int = 16) -> tuple[list[int], int]:
+    """Byte offsets of arrays of these sizes packed one after another at `align`-byte boundaries, and the end."""
+    offsets, end = [], 0
+    for n in nbytes:
+        offsets.append(end)
+        end += -(-n // align) * align
+    return offsets, end
+
+
 class PinnedStaging:
     """Host arrays to the GPU in one copy: packed into a pinned buffer at aligned offsets, copied once, and
     handed back as typed views of the device copy. A step's dozen inputs then cost one copy call and no
     pinned-memory allocation (PyTorch's pinned allocator checks the events of every block still in flight
     on each allocation, which adds up while the previous step runs). Two buffers alternate, each guarded by
-    the event of its last copy, so a buffer is never refilled before the device has read it."""
+    the event of its last copy, so a buffer is never refilled before the device has read it.
 
-    ALIGN = 16
+    `host_buffer` then `send` is the same copy for a caller that lays out the buffer itself and copies it into
+    a device buffer of its own (the decode graphs' inputs)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -32,24 +42,35 @@ class PinnedStaging:
         self.copied: list[torch.cuda.Event | None] = [None, None]
         self.turn = 0
 
-    def to_device(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        offsets, end = [], 0
-        for a in arrays:
-            offsets.append(end)
-            end += -(-a.nbytes // self.ALIGN) * self.ALIGN
+    def host_buffer(self, nbytes: int) -> torch.Tensor:
+        """The next pinned buffer (uint8, at least nbytes), once the device has read what it held."""
         self.turn ^= 1
         if self.copied[self.turn] is not None:
             self.copied[self.turn].synchronize()
         buf = self.buffers[self.turn]
-        if buf is None or buf.numel() < end:
-            buf = self.buffers[self.turn] = torch.empty(max(end, 2 * (0 if buf is None else buf.numel())),
+        if buf is None or buf.numel() < nbytes:
+            buf = self.buffers[self.turn] = torch.empty(max(nbytes, 2 * (0 if buf is None else buf.numel())),
                                                         dtype=torch.uint8, pin_memory=True)
-        host = buf.numpy()
-        for a, off in zip(arrays, offsets):
-            host[off:off + a.nbytes] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
-        dev = buf[:max(end, 1)].to(self.device, non_blocking=True)
+        return buf
+
+    def send(self, nbytes: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Queues the copy of the current host buffer's first nbytes into `out` (a uint8 device tensor) or, by
+        default, a new device tensor, which it returns."""
+        src = self.buffers[self.turn][:max(nbytes, 1)]
+        if out is None:
+            out = src.to(self.device, non_blocking=True)
+        else:
+            out[:nbytes].copy_(src[:nbytes], non_blocking=True)
         self.copied[self.turn] = torch.cuda.Event()
         self.copied[self.turn].record()
+        return out
+
+    def to_device(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        offsets, end = packed_offsets([a.nbytes for a in arrays])
+        host = self.host_buffer(end).numpy()
+        for a, off in zip(arrays, offsets):
+            host[off:off + a.nbytes] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+        dev = self.send(end)
         return [dev[off:off + a.nbytes].view(_TORCH_DTYPES[a.dtype]).view(a.shape) for a, off in zip(arrays, offsets)]
 
 

@@ -113,7 +113,7 @@ class ModelRunner:
         # decode graphs are captured with 1-D positions, so multimodal models run eagerly
         if device.type == "cuda" and not args.enforce_eager and not self.multimodal:
             self.graphs = DecodeGraphs(self.model, args.max_num_seqs, -(-args.max_model_len // self.block_size),
-                                       self.block_size, args.max_model_len, device)
+                                       args.max_model_len, device)
             self.graphs.capture()
 
     # ---- KV cache -----------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class ModelRunner:
         logits = self.forward(x)
         if logits is not None:
             self._sample(step, logits)
-            self.last_token_ids = step.token_ids
+            self.last_token_ids = step.token_ids if self.graphs is None else self.graphs.keep_sampled(step.token_ids)
             if self.world_size > 1:
                 tensor_model_parallel_broadcast(self.last_token_ids)
         step.launch_time = time.perf_counter() - start
@@ -335,12 +335,18 @@ class ModelRunner:
         """A worker rank's step: the forward rank 0 runs, on this rank's shard, then receiving the ids
         rank 0 sampled, which the next step may feed back."""
         if self.forward(x) is not None:
-            self.last_token_ids = torch.empty(len(x.sample_rows), dtype=torch.long, device=self.device)
+            k = len(x.sample_rows)
+            self.last_token_ids = (torch.empty(k, dtype=torch.long, device=self.device) if self.graphs is None
+                                   else self.graphs.sampled_ids[:k])
             tensor_model_parallel_broadcast(self.last_token_ids)
 
     @torch.inference_mode()
     def forward(self, x: StepInputs) -> torch.Tensor | None:
         """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
+        inflight = None if x.inflight is None else (x.inflight[0].numpy(), x.inflight[1].numpy())
+        if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
+            return self.graphs.run(x.input_ids.numpy(), x.positions.numpy(), x.slot_mapping.numpy(), x.seq_lens,
+                                   x.block_tables.numpy(), inflight)
         query_lens = np.asarray(x.query_lens, dtype=np.int32)
         query_start_loc = np.zeros(len(query_lens) + 1, dtype=np.int32)
         np.cumsum(query_lens, out=query_start_loc[1:])
@@ -349,15 +355,13 @@ class ModelRunner:
                 np.asarray(x.seq_lens, dtype=np.int32), query_start_loc, np.asarray(x.sample_rows, dtype=np.int64)]
         if mixed:
             host.append(np.flatnonzero(query_lens > 1).astype(np.int32))
-        if x.inflight is not None:
-            host += [x.inflight[0].numpy(), x.inflight[1].numpy()]
+        if inflight is not None:
+            host += inflight
         input_ids, positions, slots, tables, seq_lens, query_start_loc, rows, *rest = self._upload(host)
         prefill_rows = rest.pop(0) if mixed else None
         if rest:        # the previous step's tokens, still on the device, into their slots
             dst, src = rest
             input_ids.index_copy_(0, dst, self.last_token_ids[src])
-        if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
-            return self.graphs.run(input_ids, positions, slots, seq_lens, tables)
         md = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start_loc, seq_lens=seq_lens,
                                block_tables=tables, max_query_len=max(x.query_lens), max_seq_len=max(x.seq_lens),
                                query_lens_cpu=x.query_lens, seq_lens_cpu=x.seq_lens, prefill_rows=prefill_rows)
