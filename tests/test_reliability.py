@@ -378,7 +378,7 @@ def test_model_fault_fails_the_call_and_the_llm_recovers(tiny, monkeypatch, faul
 def test_abort_survives_an_output_fault(tiny_path, monkeypatch):
     llm = tiny_llm(tiny_path, max_num_seqs=4)      # its own engine: the shared one must stay clean
     model, processor = llm.llm_engine.runner.model, llm.llm_engine.output_processor
-    forward, make_output = model.forward, processor.make_output
+    make_output = processor.make_output
 
     def failing_forward(*args, **kwargs):
         raise RuntimeError("injected CUDA error")

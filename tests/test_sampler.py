@@ -158,6 +158,8 @@ def test_greedy_is_argmax_of_processed_logits():
 def test_argmax_only_metadata_takes_the_argmax():
     logits = torch.tensor([LOGITS, LOGITS[::-1]])
     meta = SamplingMetadata.argmax_only()
+    assert meta.takes_argmax
+    assert not build(SamplingParams(temperature=0.0, logprobs=1), logits.tolist()).takes_argmax
     assert Sampler()(logits, meta).token_ids.tolist() == logits.argmax(dim=-1).tolist()
     assert torch.equal(Sampler().compute_probs(logits, meta),
                        torch.nn.functional.one_hot(logits.argmax(dim=-1), len(LOGITS)).float())

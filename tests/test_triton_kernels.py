@@ -296,7 +296,7 @@ def test_argmax_takes_the_first_maximum(vocab, dtype):
     """Against torch.argmax: equal maxima within a chunk, across chunks, at a chunk's edge (1024 logits: the
     smallest chunk), all equal, the last index; more chunks than MAX_CHUNKS' tile would hold at 1024 each
     (128k + 1 logits: the chunk grows); a row stride longer than the row (a padded vocabulary's view); and the
-    same arrival counters again in a second launch."""
+    same arrival counters again in a second launch; and into a given output."""
     gen = torch.Generator().manual_seed(vocab)
     padded = torch.randn(7, vocab + 5, generator=gen).to(dtype)
     logits = padded[:, :vocab]
@@ -312,6 +312,9 @@ def test_argmax_takes_the_first_maximum(vocab, dtype):
     assert want[1:].tolist() == [3, 6, edge - 1, 0, vocab - 1, vocab // 2]
     for _ in range(2):
         assert torch.equal(triton_argmax.argmax(logits.to(DEVICE)).cpu(), want)
+    out = torch.full((9,), -1, dtype=torch.long, device=DEVICE)     # into a view of a longer buffer
+    triton_argmax.argmax(logits.to(DEVICE), out=out[1:8])
+    assert out.tolist() == [-1, *want.tolist(), -1]
 
 
 # ----------------------------------------------------------------------------------------------------------

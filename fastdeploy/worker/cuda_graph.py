@@ -8,8 +8,9 @@ KV write; seq_len 0: attention writes zeros), and reads the logits of its real r
 Everything a replay reads lives in one device buffer: first the ids the latest step sampled, then the
 step's inputs, laid out per graph size. A step's inputs are packed on the host in that layout and land
 there in one copy, and the graph itself gathers each row's token from the sampled ids (async scheduling:
-a decode row's last token is still on the device) or from its uploaded id. So a replay adds no kernel
-launch outside the graph but that copy.
+a decode row's last token is still on the device) or from its uploaded id. The graph ends with the argmax
+of the logits into the sampled ids, which a greedy batch takes as they are (another batch samples from the
+logits and its ids overwrite them). So a greedy step adds no kernel launch outside the graph but that copy.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 
 from fastdeploy.model_executor.layers.attention import AttentionMetadata
 from fastdeploy.utils.tensors import PinnedStaging, packed_offsets
+from fastdeploy.worker.sampler import argmax
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -60,9 +62,10 @@ class GraphInputs:
 
 
 class DecodeGraphs:
-    def __init__(self, model, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int,
+    def __init__(self, model, vocab_size: int, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int,
                  device: torch.device):
         self.model = model
+        self.vocab_size = vocab_size
         self.device = device
         self.sizes = capture_sizes(max_num_seqs)
         self.max_blocks = max_blocks_per_seq
@@ -92,7 +95,9 @@ class DecodeGraphs:
                                seq_lens=x.seq_lens, block_tables=x.block_tables, max_query_len=1,
                                max_seq_len=self.max_model_len)
         hidden = self.model(self.token_table[x.token_index], x.positions, md)
-        return self.model.compute_logits(hidden)
+        logits = self.model.compute_logits(hidden)
+        argmax(logits[:, :self.vocab_size], out=self.sampled_ids[:n])
+        return logits
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -116,15 +121,19 @@ class DecodeGraphs:
         return num_seqs <= self.sizes[-1]
 
     def keep_sampled(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Copies a step's sampled ids to where the next replay's in-flight rows read them; returns that view."""
+        """Copies a step's sampled ids to where the next replay's in-flight rows read them (unless they are
+        there already: the graph's argmax); returns that view."""
         kept = self.sampled_ids[:token_ids.shape[0]]
-        kept.copy_(token_ids)
+        if token_ids.data_ptr() != kept.data_ptr():
+            kept.copy_(token_ids)
         return kept
 
     def run(self, input_ids: np.ndarray, positions: np.ndarray, slot_mapping: np.ndarray, seq_lens: list[int],
-            block_tables: np.ndarray, inflight: tuple[np.ndarray, np.ndarray] | None) -> torch.Tensor:
+            block_tables: np.ndarray, inflight: tuple[np.ndarray, np.ndarray] | None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Replays the graph for a decode step of these host inputs; returns its rows' logits (a view into the
-        graph's output). `inflight` (rows, sampled rows): those rows take the latest sampled ids instead."""
+        graph's output) and their argmax (a view of the sampled ids). `inflight` (rows, sampled rows): those
+        rows take the latest sampled ids instead of their uploaded ones."""
         n = input_ids.shape[0]
         size = next(s for s in self.sizes if s >= n)
         host = GraphInputs.view(self.staging.host_buffer(self.layout_bytes(size, size)), size, self.max_blocks)
@@ -141,7 +150,7 @@ class DecodeGraphs:
         self.staging.send(self.layout_bytes(size, n), self.inputs_buffer)
         graph, logits = self.graphs[size]
         graph.replay()
-        return logits[:n]
+        return logits[:n], self.sampled_ids[:n]
 
 
 def _pad(out: np.ndarray, values, fill: int) -> None:

@@ -112,7 +112,7 @@ class ModelRunner:
         self.block_tables = PersistentBlockTables(-(-args.max_model_len // self.block_size))
         # decode graphs are captured with 1-D positions, so multimodal models run eagerly
         if device.type == "cuda" and not args.enforce_eager and not self.multimodal:
-            self.graphs = DecodeGraphs(self.model, args.max_num_seqs, -(-args.max_model_len // self.block_size),
+            self.graphs = DecodeGraphs(self.model, self.vocab_size, args.max_num_seqs, -(-args.max_model_len // self.block_size),
                                        args.max_model_len, device)
             self.graphs.capture()
 
@@ -296,19 +296,24 @@ class ModelRunner:
         x = self._prepare(scheduled, prev)
         if self.send_inputs is not None:
             self.send_inputs(x)
-        logits = self.forward(x)
-        if logits is not None:
-            self._sample(step, logits)
+        out = self.forward(x)
+        if out is not None:
+            self._sample(step, *out)
             self.last_token_ids = step.token_ids if self.graphs is None else self.graphs.keep_sampled(step.token_ids)
             if self.world_size > 1:
                 tensor_model_parallel_broadcast(self.last_token_ids)
         step.launch_time = time.perf_counter() - start
         return step
 
-    def _sample(self, step: LaunchedStep, logits: torch.Tensor) -> None:
-        """Queues sampling, and the copy of the sampled ids to pinned host memory, marked by an event."""
-        out = self.sampler(logits[:, :self.vocab_size], self._sampling_metadata(step.sampling))
-        step.token_ids, step.logprobs = out.token_ids, out.logprobs
+    def _sample(self, step: LaunchedStep, logits: torch.Tensor, argmax_ids: torch.Tensor | None) -> None:
+        """Queues sampling (none where the batch takes `argmax_ids`, the argmax a decode graph computed), and the
+        copy of the sampled ids to pinned host memory, marked by an event."""
+        meta = self._sampling_metadata(step.sampling)
+        if argmax_ids is not None and meta.takes_argmax:
+            step.token_ids = argmax_ids
+        else:
+            out = self.sampler(logits[:, :self.vocab_size], meta)
+            step.token_ids, step.logprobs = out.token_ids, out.logprobs
         step.rows = {req.request_id: i for i, req in enumerate(step.sampling)}
         if out.token_ids.is_cuda:
             step.host_token_ids = torch.empty(out.token_ids.shape, dtype=out.token_ids.dtype, pin_memory=True)
@@ -341,8 +346,9 @@ class ModelRunner:
             tensor_model_parallel_broadcast(self.last_token_ids)
 
     @torch.inference_mode()
-    def forward(self, x: StepInputs) -> torch.Tensor | None:
-        """The logits of the sampling rows, or None when no row samples (prefill chunks only)."""
+    def forward(self, x: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The logits of the sampling rows and, from a decode graph, their argmax; None when no row samples
+        (prefill chunks only)."""
         inflight = None if x.inflight is None else (x.inflight[0].numpy(), x.inflight[1].numpy())
         if self.graphs is not None and x.is_decode and self.graphs.fits(len(x.query_lens)):
             return self.graphs.run(x.input_ids.numpy(), x.positions.numpy(), x.slot_mapping.numpy(), x.seq_lens,
@@ -369,7 +375,7 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, md, **extra)
         if not x.sample_rows:
             return None
-        return self.model.compute_logits(hidden[rows])
+        return self.model.compute_logits(hidden[rows]), None
 
     def _upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
         """The step's host arrays on the device: one copy through pinned memory on a GPU."""

@@ -68,6 +68,12 @@ class SamplingMetadata:
         return cls(**dict.fromkeys(_TENSOR_FIELDS), max_num_logprobs=None, all_greedy=True,
                    apply_penalties=False, apply_filters=False, any_banned=False, any_forced=False)
 
+    @property
+    def takes_argmax(self) -> bool:
+        """Every row takes the argmax of its logits as they come: greedy, no processing, no logprobs."""
+        return self.all_greedy and self.max_num_logprobs is None and not (
+            self.apply_penalties or self.any_banned or self.any_forced)
+
     @classmethod
     def build(cls, params: list[SamplingParams], prompt_token_ids: list[list[int]],
               output_token_ids: list[list[int]], ban_token_ids: list[list[int]],
@@ -207,8 +213,7 @@ class SamplerOutput:
 
 class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
-        if meta.all_greedy and meta.max_num_logprobs is None and not (
-                meta.apply_penalties or meta.any_banned or meta.any_forced):
+        if meta.takes_argmax:
             # nothing to process: the argmax of the logits as they come (a bf16/fp16 value converts to fp32
             # exactly, so the fp32 copy would pick the same token)
             return SamplerOutput(token_ids=argmax(logits), logprobs=None)
@@ -282,13 +287,14 @@ def _filter(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     return logits.scatter(1, order, sorted_logits.masked_fill(~keep, float("-inf")))
 
 
-def argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits.argmax(-1) for [B, V] logits, the first index among equal maxima: on a GPU in one launch
-    (triton_argmax.py; PyTorch's argmax reduces a row of 128k logits in a single thread block)."""
+def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """logits.argmax(-1) for [B, V] logits, the first index among equal maxima (into `out`, int64 [B], if given):
+    on a GPU in one launch (triton_argmax.py; PyTorch's argmax reduces a row of 128k logits in a single thread
+    block)."""
     kernels = triton_kernels("triton_argmax") if logits.is_cuda else None
     if kernels is None or logits.stride(-1) != 1:
-        return logits.argmax(dim=-1)
-    return kernels.argmax(logits)
+        return torch.argmax(logits, dim=-1, out=out)
+    return kernels.argmax(logits, out)
 
 
 def _exponential_race(probs: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:

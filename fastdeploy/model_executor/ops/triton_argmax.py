@@ -39,13 +39,14 @@ def _argmax_kernel(x_ptr, value_ptr, index_ptr, out_ptr, counter_ptr, V, stride_
         reset(counter_ptr + row)
 
 
-def argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits.argmax(-1) for [B, V] logits with unit stride along V: int64 [B]."""
+def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """logits.argmax(-1) for [B, V] logits with unit stride along V: int64 [B] (into `out` if given)."""
     B, V = logits.shape
     assert logits.stride(1) == 1, "logits rows must be contiguous"
     block = max(1024, triton.next_power_of_2(triton.cdiv(V, MAX_CHUNKS)))
     num_chunks = triton.cdiv(V, block)
-    out = torch.empty(B, dtype=torch.long, device=logits.device)
+    if out is None:
+        out = torch.empty(B, dtype=torch.long, device=logits.device)
     values = torch.empty(B, num_chunks, dtype=torch.float32, device=logits.device)
     indices = torch.empty(B, num_chunks, dtype=torch.int32, device=logits.device)
     counters = tile_counters(logits.device)
