@@ -136,22 +136,41 @@ def test_gpu_matches_cpu_oracle(tiny, dtype):
         assert max(abs(a - b) for a, b in zip(lp, logprobs[:same])) < 0.1
 
 
+def test_sampling_takes_a_decode_graphs_argmax_only_for_plain_greedy_batches(tmp_path):
+    """A decode graph hands its argmax to the runner's sampling step: a batch that takes the argmax as it is uses
+    those ids and runs no sampler; one that asks for more (here logprobs) samples from the logits."""
+    from fastdeploy.engine.request import Request
+    from fastdeploy.worker.model_runner import LaunchedStep
+    llm = LLM(model=str(make_tiny_model("llama", tmp_path / "llama")), skip_tokenizer_init=True, device="cpu",
+              block_size=16, max_model_len=128)
+    runner = llm.llm_engine.runner
+    logits = torch.randn(2, runner.vocab_size, generator=torch.Generator().manual_seed(0))
+    graph_ids = logits.argmin(-1)           # not the argmax: shows which ids a step took
+    for params, want in ((SamplingParams(temperature=0), graph_ids), (SamplingParams(temperature=0, logprobs=1),
+                                                                      logits.argmax(-1))):
+        step = LaunchedStep([Request(str(i), None, [1, 2], params.resolved(), max_tokens=8) for i in range(2)])
+        runner._sample(step, logits, graph_ids)
+        assert runner.collect(step).token_ids == want.tolist()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_decode_graphs_match_eager(tiny):
-    """Decode graphs (inputs packed into their buffer, in-flight tokens gathered inside the graph, padding rows)
-    against the same engine run eagerly: fp32, greedy and seeded random rows in one batch, requests of different
-    lengths so the batch shrinks through padded graph sizes."""
+    """Decode graphs (inputs packed into their buffer, in-flight tokens gathered inside the graph, padding rows,
+    the argmax inside the graph) against the same engine run eagerly: fp32, greedy and seeded random rows in one
+    batch, then a greedy batch; requests of different lengths, so the batch shrinks through padded graph sizes."""
     path, prompts, _ = tiny
     prompts = prompts + [p[:7] for p in prompts]
     params = [SamplingParams(temperature=0, max_tokens=NUM_TOKENS - 5 * i, ignore_eos=True, logprobs=1)
               if i % 2 else SamplingParams(temperature=0.9, top_p=0.8, seed=i, max_tokens=NUM_TOKENS - 3 * i,
                                            ignore_eos=True) for i in range(len(prompts))]
+    # and a batch that takes the graph's own argmax (greedy, nothing else asked)
+    greedy = [SamplingParams(temperature=0, max_tokens=NUM_TOKENS - 3 * i, ignore_eos=True) for i in range(len(prompts))]
     results = []
     for eager in (True, False):
         llm = LLM(model=str(path), skip_tokenizer_init=True, device="cuda", dtype="float32", block_size=16,
                   max_model_len=128, max_num_seqs=8, enforce_eager=eager, num_gpu_blocks_override=64)
         assert (llm.llm_engine.runner.graphs is None) == eager
-        results.append(llm.generate(prompts, params, use_tqdm=False))
+        results.append(llm.generate(prompts, params, use_tqdm=False) + llm.generate(prompts, greedy, use_tqdm=False))
         del llm
         gc.collect()
         torch.cuda.empty_cache()

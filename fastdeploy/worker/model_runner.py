@@ -315,13 +315,13 @@ class ModelRunner:
             out = self.sampler(logits[:, :self.vocab_size], meta)
             step.token_ids, step.logprobs = out.token_ids, out.logprobs
         step.rows = {req.request_id: i for i, req in enumerate(step.sampling)}
-        if out.token_ids.is_cuda:
-            step.host_token_ids = torch.empty(out.token_ids.shape, dtype=out.token_ids.dtype, pin_memory=True)
-            step.host_token_ids.copy_(out.token_ids, non_blocking=True)
+        if step.token_ids.is_cuda:
+            step.host_token_ids = torch.empty(step.token_ids.shape, dtype=step.token_ids.dtype, pin_memory=True)
+            step.host_token_ids.copy_(step.token_ids, non_blocking=True)
             step.ready = torch.cuda.Event()
             step.ready.record()
         else:
-            step.host_token_ids = out.token_ids
+            step.host_token_ids = step.token_ids
 
     def collect(self, step: LaunchedStep) -> StepOutput:
         """Waits for the step's sampled tokens and returns them (with their logprobs) on the host. The
