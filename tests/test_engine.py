@@ -164,7 +164,8 @@ def test_decode_graphs_match_eager(tiny):
               if i % 2 else SamplingParams(temperature=0.9, top_p=0.8, seed=i, max_tokens=NUM_TOKENS - 3 * i,
                                            ignore_eos=True) for i in range(len(prompts))]
     # and a batch that takes the graph's own argmax (greedy, nothing else asked)
-    greedy = [SamplingParams(temperature=0, max_tokens=NUM_TOKENS - 3 * i, ignore_eos=True) for i in range(len(prompts))]
+    greedy = [SamplingParams(temperature=0, max_tokens=NUM_TOKENS - 3 * i, ignore_eos=True)
+              for i in range(len(prompts))]
     results = []
     for eager in (True, False):
         llm = LLM(model=str(path), skip_tokenizer_init=True, device="cuda", dtype="float32", block_size=16,

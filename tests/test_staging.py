@@ -25,3 +25,17 @@ def test_round_trip_across_turns_and_growth():
         for a, g in zip(arrays, got):
             assert g.is_cuda and tuple(g.shape) == a.shape
             np.testing.assert_array_equal(g.cpu().numpy(), a)
+
+
+def test_send_into_a_given_device_buffer():
+    """host_buffer + send (the decode graphs' upload): the bytes land at the given device view and nowhere else,
+    across buffer turns."""
+    staging = PinnedStaging(torch.device("cuda"))
+    dest = torch.zeros(64, dtype=torch.uint8, device="cuda")
+    for step in range(1, 4):
+        host = staging.host_buffer(40).numpy()
+        host[:40] = np.arange(40, dtype=np.uint8) + step
+        staging.send(40, dest[8:])
+    want = np.zeros(64, dtype=np.uint8)
+    want[8:48] = np.arange(40, dtype=np.uint8) + 3
+    np.testing.assert_array_equal(dest.cpu().numpy(), want)

@@ -112,8 +112,8 @@ class ModelRunner:
         self.block_tables = PersistentBlockTables(-(-args.max_model_len // self.block_size))
         # decode graphs are captured with 1-D positions, so multimodal models run eagerly
         if device.type == "cuda" and not args.enforce_eager and not self.multimodal:
-            self.graphs = DecodeGraphs(self.model, self.vocab_size, args.max_num_seqs, -(-args.max_model_len // self.block_size),
-                                       args.max_model_len, device)
+            self.graphs = DecodeGraphs(self.model, self.vocab_size, args.max_num_seqs,
+                                       -(-args.max_model_len // self.block_size), args.max_model_len, device)
             self.graphs.capture()
 
     # ---- KV cache -----------------------------------------------------------------------------
