@@ -186,6 +186,12 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
 # ----------------------------------------------------------------------------------------------------------
 
 @triton.jit
+def silu_mul(gate, up):
+    """silu(gate) * up in fp32; also the epilogue of the GEMVs that take a [gate; up] weight."""
+    return gate / (1.0 + tl.exp(-gate)) * up
+
+
+@triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # grid: (rows, column blocks); x row = [gate (N) | up (N)]
     wait_for_previous(PDL)
@@ -194,7 +200,7 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N, BLOCK: tl.conste
     mask = offs < N
     gate = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + N + offs, mask=mask, other=0.0).to(tl.float32)
-    y = gate / (1.0 + tl.exp(-gate)) * up
+    y = silu_mul(gate, up)
     tl.store(out_ptr + row * stride_o + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 

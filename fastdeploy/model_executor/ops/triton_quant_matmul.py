@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from fastdeploy.model_executor.ops import triton_wint4_gemv as wint4_gemv
-from fastdeploy.model_executor.ops.triton_elementwise import silu_and_mul
+from fastdeploy.model_executor.ops.triton_elementwise import silu_and_mul, silu_mul
 from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK
@@ -173,7 +173,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, y_ptr, N, K, num_blocks,
                      BITS, HAS_BIAS, BLOCK_K, HALF, GROUP, HAS_MIN, USE_PTX)
     if GATED:
         gate, up = tl.split(tl.reshape(out, (BLOCK_N, 2)))
-        out = gate / (1.0 + tl.exp(-gate)) * up
+        out = silu_mul(gate, up)
     tl.store(y_ptr + m * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from fastdeploy.model_executor.ops.activation import silu_and_mul_ref
 from fastdeploy.model_executor.ops.quant_matmul import BLOCK, matmul_ref, quantize_int4
+from fastdeploy.model_executor.ops.triton_elementwise import silu_mul
 from fastdeploy.model_executor.ops.triton_pdl import launch_options, wait_for_previous
 from fastdeploy.model_executor.ops.triton_split_k import check_counters, split_k_total, tile_counters
 
@@ -142,7 +143,7 @@ def _store_row(out, rows, w_rows, b_ptr, y_row_ptr, N, HAS_BIAS: tl.constexpr, G
     if GATED:
         REPS: tl.constexpr = out.shape[0]
         gate, up = tl.split(tl.permute(tl.reshape(out, (2, REPS * 4)), (1, 0)))
-        out = gate / (1.0 + tl.exp(-gate)) * up
+        out = silu_mul(gate, up)
         rows = tl.reshape(rows, (2, REPS * 4))
         rows, _ = tl.split(tl.permute(rows, (1, 0)))
     tl.store(y_row_ptr + rows, out.to(y_row_ptr.dtype.element_ty), mask=rows < N)
