@@ -14,6 +14,7 @@ logits and its ids overwrite them). So a greedy step adds no kernel launch outsi
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,11 +45,12 @@ class GraphInputs:
               ("slot_mapping", torch.int64), ("seq_lens", torch.int32), ("block_tables", torch.int32))
 
     @classmethod
-    def layout(cls, size: int, max_blocks: int) -> list[int]:
+    @functools.cache        # (read three times by every replay)
+    def layout(cls, size: int, max_blocks: int) -> tuple[int, ...]:
         """Byte offsets of the fields for a graph of `size` rows."""
         lengths = [size] * (len(cls.FIELDS) - 1) + [size * max_blocks]
         offsets, _ = packed_offsets([n * dtype.itemsize for n, (_, dtype) in zip(lengths, cls.FIELDS)])
-        return offsets
+        return tuple(offsets)
 
     @classmethod
     def view(cls, buffer: torch.Tensor, size: int, max_blocks: int) -> GraphInputs:
