@@ -94,20 +94,21 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
     k_group = tl.arange(0, WARPS)[:, None] * 128 + tl.arange(0, 128)[None, :]
     x_group = x_ptr + m * stride_xm + g_start * 128 + k_group
     acc = tl.zeros([T], dtype=tl.float32)
+    # the weights of the step after the one being computed are in flight: Triton pipelines no loads here (no
+    # tl.dot), so without this each step would wait a full memory latency for its own
+    packed, s = _load_weights(w_ptrs, s_ptrs, g_start + warp < g_end)
     for g0 in range(g_start, g_end, WARPS):
+        w_ptrs += WARPS * 16
+        s_ptrs += WARPS
+        next_packed, next_s = _load_weights(w_ptrs, s_ptrs, g0 + WARPS + warp < g_end)
         if EVEN:
-            packed = tl.load(w_ptrs)
             x_lo = tl.load(x4)
             x_hi = tl.load(x4 + 16)
             x_sum = tl.sum(tl.load(x_group).to(tl.float32), axis=1)
-            s = tl.load(s_ptrs)
         else:
-            in_k = g0 + warp < num_blocks
-            packed = tl.load(w_ptrs, mask=in_k[:, None], other=0)
             x_lo = tl.load(x4, mask=(g0 * 32 + k4) * 4 < K, other=0)
             x_hi = tl.load(x4 + 16, mask=(g0 * 32 + k4) * 4 + 64 < K, other=0)
             x_sum = tl.sum(tl.load(x_group, mask=g0 * 128 + k_group < K, other=0.0).to(tl.float32), axis=1)
-            s = tl.load(s_ptrs, mask=in_k, other=0.0)
         x_lo, x_hi = _spread_over_rows(x_lo, REPS), _spread_over_rows(x_hi, REPS)
         quarters = tl.inline_asm_elementwise(
             _WINT4_MMA_ASM, _WINT4_MMA_CONSTRAINTS,
@@ -115,10 +116,9 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
             dtype=tl.float32, is_pure=True, pack=8)
         x_sum = tl.reshape(tl.broadcast_to(x_sum[None, :, None], (REPS, WARPS, 8)), (T,))
         acc += (tl.sum(quarters, axis=1) - 136.0 * x_sum) * s.to(tl.float32)
-        w_ptrs += WARPS * 16
+        packed, s = next_packed, next_s
         x4 += WARPS * 32
         x_group += WARPS * 128
-        s_ptrs += WARPS
     out = tl.sum(tl.reshape(acc, (REPS, WARPS, 8)), axis=1)                   # [REPS, 8]: rows 8 rep + j
     reps = tl.arange(0, REPS)[:, None]
     rows = tl.program_id(1) * (8 * OUT_REPS) + (reps % OUT_REPS) * 8 + tl.arange(0, 8)[None, :]   # output rows
@@ -132,6 +132,12 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
             _store_row(out, rows, w_rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS, GATED)
     else:
         _store_row(out, rows, w_rows, b_ptr, y_ptr + m * stride_ym, N, HAS_BIAS, GATED)
+
+
+@triton.jit
+def _load_weights(w_ptrs, s_ptrs, in_k):
+    """A step's weight tile and scales, zeros for the groups outside `in_k` (per tile row: its warp's group)."""
+    return tl.load(w_ptrs, mask=in_k[:, None], other=0), tl.load(s_ptrs, mask=in_k, other=0.0)
 
 
 @triton.jit
