@@ -176,7 +176,7 @@ def test_gated_matmul_is_silu_and_mul_of_it(bits, m, n, k, bias):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
-@pytest.mark.parametrize("config", [None, w4.MmaGemvConfig(2, 4, 1), w4.MmaGemvConfig(8, 2, 3),
+@pytest.mark.parametrize("config", [None, w4.MANY_ROWS_CONFIG, w4.LONG_ROWS_CONFIG, w4.MmaGemvConfig(8, 2, 3),
                                     w4.MmaGemvConfig(4, 8, 2), w4.MmaGemvConfig(2, 8, 2, split_k=2),
                                     w4.MmaGemvConfig(2, 4, 2, split_k=3), w4.MmaGemvConfig(4, 8, 2, split_k=8)])
 @pytest.mark.parametrize("n,k,bias", [(40, 300, True), (16, 128, False), (8, 4096, False), (4100, 4096, True),
@@ -207,7 +207,7 @@ def test_wint4_mma_gemv_matches_reference(config, n, k, bias):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="mma.sync in inline PTX: GPU only (the interpreter runs no PTX)")
-@pytest.mark.parametrize("config", [w4.DEFAULT_CONFIG, w4.MmaGemvConfig(4, 8, 2), w4.MmaGemvConfig(8, 4, 1),
+@pytest.mark.parametrize("config", [w4.DEFAULT_CONFIG, w4.MANY_ROWS_CONFIG, w4.LONG_ROWS_CONFIG,
                                     w4.MmaGemvConfig(4, 8, 2, split_k=3)])
 @pytest.mark.parametrize("n,k,bias", [(40, 300, True), (4100, 4096, False), (37, 1100, True)])
 def test_wint4_mma_gemv_gated(config, n, k, bias):

@@ -175,17 +175,21 @@ class MmaGemvConfig:
         assert self.reps % 2 == 0, "the kernel's mma takes two rows per thread"
 
 
-# least time over a Llama-3-8B layer's linears on an H200 (`benchmarks/quant_kernels.py --sweep`): 16 rows and
-# 8 warps per program, i.e. many programs, each reading 8 groups of its rows per step
+# least time over a Llama-3-8B layer's linears on an H200 (`benchmarks/quant_kernels.py --sweep`; the two configs
+# below, against DEFAULT_CONFIG for gate/up and r4 w8 k4 for down: batch-1 wint4 2.187 -> 2.084 ms/token): 16 rows
+# and 8 warps per program, i.e. many programs, each reading 8 groups of its rows per step
 DEFAULT_CONFIG = MmaGemvConfig()
+# many more rows than inputs (the [gate; up] of an MLP, N = 7K): 64 rows of 4 groups per program, fewer programs
+# with more bytes each (gated gate_up: 22.5 us against 23.5)
+MANY_ROWS_CONFIG = MmaGemvConfig(reps=8, num_warps=4)
 # rows much longer than there are rows (Llama-3-8B's down_proj, K = 3.5 N): few row tiles, so K is split in 4 to
-# have enough programs streaming (H200, same sweep: 13.3 us, against 17.0 for the split-K GEMM and 17.9 unsplit)
-LONG_ROWS_CONFIG = MmaGemvConfig(reps=4, num_warps=8, num_stages=2, split_k=4)
+# have enough programs streaming (13.2 us, against 14.3 for r4 w8, 17.0 for the split-K GEMM and 17.9 unsplit)
+LONG_ROWS_CONFIG = MmaGemvConfig(reps=2, num_warps=4, split_k=4)
 
 
 def shape_config(n: int, k: int) -> MmaGemvConfig:
     """The tensor-core wint4 GEMV's launch config for an [n, k] weight."""
-    return LONG_ROWS_CONFIG if k > 2 * n else DEFAULT_CONFIG
+    return LONG_ROWS_CONFIG if k > 2 * n else MANY_ROWS_CONFIG if n >= 4 * k else DEFAULT_CONFIG
 
 
 def gemv_wint4(x2: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
