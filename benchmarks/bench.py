@@ -281,8 +281,9 @@ def cpu_real(q, ctx):
     out_len = 32 if q else 128
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
     res = {}
-    # float32 is the default on the CPU (exact against transformers); bfloat16 halves the bytes each
-    # step reads from RAM, which bounds decoding here, where the CPU has bf16 instructions
+    # float32: exact against transformers (the GGUF dequantized at load); bfloat16, the default for quantized
+    # weights where the CPU has bf16 instructions: the weights stay 4-bit, a quarter of the bytes each step
+    # reads from RAM, which bounds decoding here
     for dtype in ("float32", "bfloat16"):
         llm = make_llm(model=gguf, max_num_seqs=32, max_model_len=1024, enable_prefix_caching=False, dtype=dtype)
         llm.chat(convs[:1], SamplingParams(max_tokens=4), use_tqdm=False)

@@ -14,7 +14,9 @@ GREEDY = SamplingParams(temperature=0, max_tokens=16)
 
 @pytest.fixture(scope="module")
 def llm():
-    return LLM(max_num_seqs=8, max_model_len=1024)
+    # float32: the dtype transformers' greedy text is compared in (the CPU default for GGUF is bf16 where
+    # the CPU has bf16 instructions; see test_default_dtype_on_this_cpu)
+    return LLM(max_num_seqs=8, max_model_len=1024, dtype="float32")
 
 
 def test_import_paths():
@@ -150,6 +152,30 @@ def test_bad_input_fails_clearly_and_engine_stays_usable(llm):
 def test_engine_argument_validation(kwargs, name):
     with pytest.raises(ValueError, match=name):
         LLM(**kwargs)
+
+
+@pytest.mark.slow
+def test_default_dtype_on_this_cpu(llm):
+    """`dtype="auto"` on the CPU for the GGUF (quantized) default model: bfloat16, kept quantized, where the CPU
+    has bf16 instructions, else float32. Each greedy chat answer starts with a token that float32 ranks first
+    or within 0.15 of first (bf16 logits come in steps of 1/8 at this model's magnitudes, so near-ties of the
+    float32 model may go either way: 2 of these 5 prompts, by 0.08 and 0.013)."""
+    from fastdeploy.engine.engine import cpu_has_bf16
+    from fastdeploy.model_executor.layers.gguf_quant import GGUFQuantMethod
+    default = LLM(max_num_seqs=8, max_model_len=1024)
+    engine = default.llm_engine
+    assert engine.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    if engine.dtype == torch.bfloat16:
+        model = engine.runner.model
+        assert any(isinstance(getattr(m, "quant_method", None), GGUFQuantMethod) for m in model.modules())
+    questions = ["Write a haiku about the sea.", "What is the capital of France?", "Give me three colors.",
+                 "Explain gravity in one sentence.", "Translate 'good morning' to French."]
+    convs = [[{"role": "user", "content": q}] for q in questions]
+    params = SamplingParams(temperature=0, max_tokens=4, logprobs=3)
+    for got, want in zip(default.chat(convs, params, use_tqdm=False), llm.chat(convs, params, use_tqdm=False)):
+        top = want.outputs.logprobs[0]
+        first = got.outputs.token_ids[0]
+        assert first in top and max(top.values()) - top[first] < 0.15, (first, top)
 
 
 @pytest.mark.slow

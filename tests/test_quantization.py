@@ -374,7 +374,9 @@ def _agreement(a, b) -> float:
 
 @pytest.mark.parametrize("method", ["wint8", "wint4"])
 def test_engine_quantized_matches_float_on_dequantized_weights(tiny_llama, tmp_path, method):
-    kw = dict(skip_tokenizer_init=True, device="cpu", block_size=BLOCK_SIZE, max_model_len=128, enable_logprob=True)
+    # float32 for both (the CPU default for quantized weights is bf16 where the CPU has bf16 instructions)
+    kw = dict(skip_tokenizer_init=True, device="cpu", block_size=BLOCK_SIZE, max_model_len=128, enable_logprob=True,
+              dtype="float32")
     greedy = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=3)
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     got = _engine(tiny_llama, method, **kw).generate(prompts, greedy)
@@ -393,7 +395,7 @@ def test_smollm2_wint8_next_token_agreement():
     (83% measured over 48 tokens): one flipped near-tie changes all the text after it."""
     questions = ["Write a haiku about the sea.", "What is the capital of France?", "Give me three colors.",
                  "Explain gravity in one sentence.", "Translate 'good morning' to French."]
-    llm = LLM(max_model_len=512)
+    llm = LLM(max_model_len=512, dtype="float32")     # the float model's text
     outs = llm.chat([[{"role": "user", "content": q}] for q in questions],
                     SamplingParams(temperature=0, max_tokens=48), use_tqdm=False)
     engine = llm.llm_engine
