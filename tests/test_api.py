@@ -10,6 +10,8 @@ from fastdeploy.engine.request import CompletionOutput, RequestMetrics, RequestO
 from fastdeploy.utils.model_resolver import resolve_model
 
 GREEDY = SamplingParams(temperature=0, max_tokens=16)
+QUESTIONS = ["Write a haiku about the sea.", "What is the capital of France?", "Give me three colors.",
+             "Explain gravity in one sentence.", "Translate 'good morning' to French."]
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +170,7 @@ def test_default_dtype_on_this_cpu(llm):
     if engine.dtype == torch.bfloat16:
         model = engine.runner.model
         assert any(isinstance(getattr(m, "quant_method", None), GGUFQuantMethod) for m in model.modules())
-    questions = ["Write a haiku about the sea.", "What is the capital of France?", "Give me three colors.",
-                 "Explain gravity in one sentence.", "Translate 'good morning' to French."]
-    convs = [[{"role": "user", "content": q}] for q in questions]
+    convs = [[{"role": "user", "content": q}] for q in QUESTIONS]
     params = SamplingParams(temperature=0, max_tokens=4, logprobs=3)
     for got, want in zip(default.chat(convs, params, use_tqdm=False), llm.chat(convs, params, use_tqdm=False)):
         top = want.outputs.logprobs[0]
@@ -184,9 +184,7 @@ def test_smollm2_greedy_chat_matches_transformers(llm):
     gguf = resolve_model(None)
     hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
                                               dtype=torch.float32).eval()
-    questions = ["Write a haiku about the sea.", "What is the capital of France?", "Give me three colors.",
-                 "Explain gravity in one sentence.", "Translate 'good morning' to French."]
-    convs = [[{"role": "user", "content": q}] for q in questions]
+    convs = [[{"role": "user", "content": q}] for q in QUESTIONS]
     outs = llm.chat(convs, SamplingParams(temperature=0, max_tokens=48), use_tqdm=False)
     for out in outs:
         with torch.no_grad():
