@@ -69,7 +69,6 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
     SPLIT_K > 1: program_id(2) takes a share of the steps, summed by triton_split_k (fp32 partials [SPLIT_K, M, N]).
     GATED: W is [gate; up] (2N rows) and y = silu(gate) * up: the program's first REPS / 2 reps read the gate rows
     of its 4 REPS outputs and the others their up rows (the mma does not care which rows a tile holds)."""
-    wait_for_previous(PDL)
     m = tl.program_id(0).to(tl.int64)
     # this split's groups: [g_start, g_end), whole steps of WARPS groups
     steps_per_split = tl.cdiv(tl.cdiv(num_blocks, WARPS), SPLIT_K)
@@ -97,6 +96,9 @@ def _gemv_wint4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, partial_ptr, counter_p
     # the weights of the step after the one being computed are in flight: Triton pipelines no loads here (no
     # tl.dot), so without this each step would wait a full memory latency for its own
     packed, s = _load_weights(w_ptrs, s_ptrs, g_start + warp < g_end)
+    # the first weights are requested before waiting for the kernel before (they are no output of it): with PDL
+    # the program is resident while that kernel still runs, and its first loads overlap that kernel's end
+    wait_for_previous(PDL)
     for g0 in range(g_start, g_end, WARPS):
         w_ptrs += WARPS * 16
         s_ptrs += WARPS
