@@ -6,13 +6,15 @@ it in the stream is still running; each waits (`griddepcontrol.wait`) until that
 writes are visible, then lets the kernel after it launch in turn. So every kernel launched this way calls
 `wait_for_previous` first, before it reads or writes memory and before any early return: then a kernel
 finishes only after the one before it did, and kernels launched without PDL (PyTorch's) keep the stream's
-plain order behind it.
+plain order behind it. The one exception is memory that no kernel of the step writes: the wint4 GEMV loads its
+first weights before the wait, so their latency overlaps the end of the kernel before (Llama-3-8B shape, wint4,
+batch 1: 2.069 -> 2.040 ms/token).
 
 CUDA-graph replays of one decode step on an H200 (`benchmarks/pdl_ab.py`), without -> with PDL: Llama-3-8B
 shape 4225 -> 4163 us (bf16) and 2358 -> 2183 us (wint4), SmolLM2 shape 722 -> 597 us at batch 1; at batch 64,
 where cuBLAS runs the linears, SmolLM2 998 -> 1020 us and Llama-3-8B (batch 32) 4958 -> 4904. Prefetching each
-GEMV's first weight tiles into L2 before the wait (the weights do not depend on the kernel before) was slower
-for the 8B shape (4487 us bf16, 2416 wint4), and is not done.
+GEMV's first weight tiles into L2 before the wait, with extra prefetch instructions, was slower for the 8B shape
+(4487 us bf16, 2416 wint4); loading them into the registers the first step reads anyway is what helped.
 """
 import functools
 
