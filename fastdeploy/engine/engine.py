@@ -24,7 +24,7 @@ from fastdeploy.model_executor.models.registry import MULTIMODAL_ARCHITECTURES
 from fastdeploy.reasoning import ReasoningParserManager
 from fastdeploy.reasoning.abs_reasoning_parsers import THINK_END
 from fastdeploy.utils.logger import get_logger
-from fastdeploy.utils.model_resolver import resolve_model
+from fastdeploy.utils.model_resolver import is_gguf_file, resolve_model
 from fastdeploy.worker.model_runner import LaunchedStep, ModelRunner, StepOutput
 from fastdeploy.worker.worker_process import TensorParallelExecutor
 
@@ -38,7 +38,7 @@ class LLMEngine:
         self.model_path = resolve_model(args.model)
         self.hf_config = load_config(self.model_path)
         self.device = args.torch_device
-        quantized = args.quantization is not None or self.model_path.endswith(".gguf")
+        quantized = args.quantization is not None or is_gguf_file(self.model_path)
         self.dtype = _resolve_dtype(args.dtype, self.hf_config, self.device, quantized)
         self.tokenizer = None
         self.eos_token_ids = frozenset()

@@ -17,6 +17,7 @@ import os
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fastdeploy.input.ernie_tokenizer import ErnieBotTokenizer
+from fastdeploy.utils.model_resolver import is_gguf_file
 
 GGUF_CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -24,7 +25,7 @@ GGUF_CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 def load_tokenizer(model_path: str, tokenizer: str | None = None) -> PreTrainedTokenizerBase:
     """Tokenizer for the local model at `model_path`, or at `tokenizer` if given."""
     path = tokenizer or model_path
-    if os.path.isfile(path) and path.endswith(".gguf"):
+    if is_gguf_file(path):
         return _load_gguf_tokenizer(path)
     if _is_ernie_dir(path):
         return ErnieBotTokenizer.from_pretrained(path)

@@ -25,6 +25,7 @@ from fastdeploy.model_executor.layers.norm import RMSNorm
 from fastdeploy.model_executor.layers.quantization import quantize_model
 from fastdeploy.model_executor.models.llama import STACKED_PARAMS
 from fastdeploy.model_executor.models.registry import get_model_class
+from fastdeploy.utils.model_resolver import is_gguf_file
 
 Weights = Iterator[tuple[str, torch.Tensor]]
 
@@ -39,7 +40,7 @@ _PADDLE_ERNIE_DEFAULTS = dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_em
 
 def load_config(model_path: str) -> PretrainedConfig:
     path = Path(model_path)
-    if path.suffix == ".gguf":
+    if is_gguf_file(path):
         # transformers rebuilds the config from the GGUF metadata but leaves `architectures` unset
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
@@ -82,7 +83,7 @@ def get_model(model_path: str, config: PretrainedConfig, dtype: torch.dtype, dev
     cls = get_model_class(config)
     if gguf_keep_quantized is None:
         gguf_keep_quantized = torch.device(device).type == "cuda" or dtype == torch.bfloat16
-    keep_gguf = (load_format == "auto" and Path(model_path).suffix == ".gguf" and gguf_keep_quantized
+    keep_gguf = (load_format == "auto" and is_gguf_file(model_path) and gguf_keep_quantized
                  and quantization is None and get_tensor_model_parallel_world_size() == 1)
     with _default_dtype(dtype), torch.device(device), torch.no_grad():
         model = cls(config)
@@ -119,7 +120,7 @@ def iterate_weights(model_path: str, config: PretrainedConfig, gguf_quantized: C
     """(HF name, tensor) pairs of a checkpoint in any supported format, one tensor at a time.
     `gguf_quantized`: see `_iterate_gguf`."""
     path = Path(model_path)
-    if path.suffix == ".gguf":
+    if is_gguf_file(path):
         return _iterate_gguf(path, config, gguf_quantized)
     files = sorted(path.glob("*.safetensors"))
     if not files:

@@ -22,6 +22,11 @@ _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TRUE_VALUES = {"1", "on", "yes", "true"}
 
 
+def is_gguf_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a GGUF checkpoint (a file named ``*.gguf``), as opposed to a model directory."""
+    return str(path).endswith(".gguf") and os.path.isfile(path)
+
+
 class ModelNotFoundError(ValueError):
     """A model id could not be resolved to a local path."""
 
