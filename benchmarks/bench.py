@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import ast
 import gc
+import glob
+import hashlib
 import json
 import os
 import platform
@@ -378,6 +380,27 @@ WORKLOADS = {"gpu-smol-throughput": gpu_smol_throughput, "gpu-latency": gpu_late
              "gpu-tp": gpu_tp, "cpu-prefix": cpu_prefix}
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit() -> str:
+    """HEAD, plus '+modified' where the engine's files differ from it (a copied tree, e.g. the device's, can
+    carry older git metadata than its files: source_sha names the code either way)."""
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+modified" if git("status", "--porcelain", "fastdeploy") else "")
+
+
+def source_sha() -> str:
+    """SHA-1 over the engine's Python files (paths and contents), to match a result to the code that ran."""
+    digest = hashlib.sha1()
+    for path in sorted(glob.glob(os.path.join(REPO, "fastdeploy", "**", "*.py"), recursive=True)):
+        digest.update(os.path.relpath(path, REPO).encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workloads", default="cpu-real", help="comma list, or 'gpu' for all GPU workloads")
@@ -394,8 +417,7 @@ def main():
         else args.workloads.split(",")
     ctx = {}
     env = dict(torch=torch.__version__, host=platform.node(), quick=args.quick, engine_args=ENGINE_ARGS,
-               commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True, cwd=os.path.dirname(__file__)).stdout.strip())
+               commit=git_commit(), source_sha=source_sha())
     if torch.cuda.is_available():
         ctx["bandwidth"], ctx["matmul"] = measure_bandwidth(), measure_matmul_rate()
         env.update(gpu=torch.cuda.get_device_name(), bandwidth_tb_s=ctx["bandwidth"] / 1e12,
