@@ -10,6 +10,7 @@ from fastdeploy.engine.request import CompletionOutput, RequestMetrics, RequestO
 from fastdeploy.utils.model_resolver import resolve_model
 
 GREEDY = SamplingParams(temperature=0, max_tokens=16)
+# the chat prompts of the real-model comparisons against a float oracle (here and in test_quantization)
 QUESTIONS = ["Write a haiku about the sea.", "What is the capital of France?", "Give me three colors.",
              "Explain gravity in one sentence.", "Translate 'good morning' to French."]
 

@@ -17,6 +17,7 @@ from fastdeploy import LLM, SamplingParams  # noqa: E402
 from fastdeploy.model_executor.layers.linear import Linear  # noqa: E402
 from fastdeploy.model_executor.loader import get_model, load_config  # noqa: E402
 from fastdeploy.model_executor.ops import quant_matmul as qm  # noqa: E402
+from test_api import QUESTIONS  # noqa: E402
 from tiny_models import make_tiny_model, prefill_logits  # noqa: E402
 
 BITS = (8, 4)
@@ -393,10 +394,8 @@ def test_smollm2_wint8_next_token_agreement():
     """wint8 SmolLM2 picks the float model's greedy token at >= 95% of the positions of 5 chat answers
     (teacher-forced: both see the float model's text). Free-running greedy texts agree on fewer tokens
     (83% measured over 48 tokens): one flipped near-tie changes all the text after it."""
-    questions = ["Write a haiku about the sea.", "What is the capital of France?", "Give me three colors.",
-                 "Explain gravity in one sentence.", "Translate 'good morning' to French."]
     llm = LLM(max_model_len=512, dtype="float32")     # the float model's text
-    outs = llm.chat([[{"role": "user", "content": q}] for q in questions],
+    outs = llm.chat([[{"role": "user", "content": q}] for q in QUESTIONS],
                     SamplingParams(temperature=0, max_tokens=48), use_tqdm=False)
     engine = llm.llm_engine
     quantized = get_model(engine.model_path, engine.hf_config, torch.float32, torch.device("cpu"), "auto", "wint8")
