@@ -159,6 +159,18 @@ def test_prefill(case, head_dim, gqa, dtype):
 @pytest.mark.parametrize("num_splits", [1, 3, None])
 @pytest.mark.parametrize("seed", range(2))
 def test_decode(seed, num_splits, head_dim, gqa, dtype):
+    _decode_case(seed, num_splits, head_dim, gqa, dtype, 16, None if CUDA else 16)
+
+
+# tiles of keys against cache blocks: several tiles per block (one block-table entry per tile) and tiles across
+# blocks (one per key)
+@pytest.mark.parametrize("block_size,block_n", [(64, 16), (16, 32)])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_tiles_and_cache_blocks(block_size, block_n, num_splits):
+    _decode_case(0, num_splits, 64, 4, torch.float32, block_size, block_n)
+
+
+def _decode_case(seed, num_splits, head_dim, gqa, dtype, block_size, block_n):
     if not CUDA and dtype == torch.bfloat16:
         pytest.skip("the interpreter's tl.dot multiplies bf16 bit patterns as integers; bf16 runs on GPU")
     gen = torch.Generator().manual_seed(seed * 1000 + head_dim + gqa)
@@ -167,11 +179,11 @@ def test_decode(seed, num_splits, head_dim, gqa, dtype):
     ctx_lens[0] = 0  # a sequence whose only key is its new token
     kvh = 2
     q, k, v, kc, vc, slots, qsl, seq_lens, tables = make_batch(
-        gen, [1] * B, ctx_lens, kvh * gqa, kvh, head_dim, 16, dtype, skip_frac=0.2, extra_table_cols=3)
+        gen, [1] * B, ctx_lens, kvh * gqa, kvh, head_dim, block_size, dtype, skip_frac=0.2, extra_table_cols=3)
     ta.store_kvcache(k, v, kc, vc, slots)
     scale = head_dim ** -0.5
     ref = _ref_attention(q, kc, vc, qsl, seq_lens, tables, scale)
-    blocks = {} if CUDA else dict(block_n=16)
+    blocks = {} if block_n is None else dict(block_n=block_n)
     out = ta.paged_decode(q, kc, vc, qsl, seq_lens, tables, scale, num_splits=num_splits, **blocks)
     _close(out, ref, dtype, ATTN_TOL)
     if num_splits is None:  # the dispatching launcher picks the decode kernel for an all-decode batch

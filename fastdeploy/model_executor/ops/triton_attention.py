@@ -84,19 +84,44 @@ def _attn_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, head_off, sta
     MASK_KV masks keys >= kv_end; CAUSAL masks key n for row r when n > q_pos[r].
     """
     n = start + offs_n
-    n_mask = n < kv_end
+    offs = _kv_tile_offsets(bt_row, head_off, start, n < kv_end, start < kv_end, stride_cb, stride_cs, offs_n,
+                            offs_d, BLOCK_SIZE)
+    ld_mask = (n < kv_end)[:, None] & d_mask[None, :]
+    k = tl.load(k_cache_ptr + offs, mask=ld_mask, other=0.0)
+    v = tl.load(v_cache_ptr + offs, mask=ld_mask, other=0.0)
+    return _online_softmax_step(q, acc, m_i, l_i, k, v, n, kv_end, q_pos, sm_scale_log2, MASK_KV, CAUSAL, IEEE)
+
+
+@triton.jit
+def _kv_tile_offsets(bt_row, head_off, start, n_mask, any_in_mask, stride_cb, stride_cs, offs_n, offs_d,
+                     BLOCK_SIZE: tl.constexpr):
+    """[BLOCK_N, BLOCK_D] element offsets in the K (or V) cache of the rows of sequence positions start + offs_n
+    (their block table entries read where n_mask; any_in_mask: whether it holds any). `start` is a multiple of
+    the tile's BLOCK_N rows."""
+    BLOCK_N = offs_n.shape[0]
     # token n of the sequence lives in physical block block_table[n // BLOCK_SIZE], row n % BLOCK_SIZE
+    if BLOCK_SIZE % BLOCK_N == 0:
+        # the tile lies in one block: one table entry, a scalar base
+        blk = tl.load(bt_row + start // BLOCK_SIZE, mask=any_in_mask, other=0).to(tl.int64)
+        return blk * stride_cb + (start % BLOCK_SIZE) * stride_cs + head_off + (offs_n[:, None] * stride_cs
+                                                                                + offs_d[None, :])
+    n = start + offs_n
     blk = tl.load(bt_row + n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-    kv_off = blk * stride_cb + (n % BLOCK_SIZE) * stride_cs + head_off
-    ld_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(k_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=ld_mask, other=0.0).to(q.dtype)
+    return (blk * stride_cb + (n % BLOCK_SIZE) * stride_cs + head_off)[:, None] + offs_d[None, :]
+
+
+@triton.jit
+def _online_softmax_step(q, acc, m_i, l_i, k, v, n, kv_end, q_pos, sm_scale_log2, MASK_KV: tl.constexpr,
+                         CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """_attn_tile's update of the online-softmax state by the keys at positions n, given their K and V."""
+    k = k.to(q.dtype)
     if IEEE:  # fp32 inputs: keep full precision instead of tf32
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
         s = tl.dot(q, tl.trans(k))
     s = s * sm_scale_log2
     if MASK_KV:
-        s = tl.where(n_mask[None, :], s, float("-inf"))
+        s = tl.where((n < kv_end)[None, :], s, float("-inf"))
     if CAUSAL:
         s = tl.where(n[None, :] <= q_pos[:, None], s, float("-inf"))
     # m_i starts at a finite -1e30, so a row whose scores are all masked gets p = 0, never NaN
@@ -104,7 +129,7 @@ def _attn_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, head_off, sta
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=ld_mask, other=0.0).to(q.dtype)
+    v = v.to(q.dtype)
     if IEEE:
         pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
     else:
@@ -227,13 +252,15 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_
                    IEEE: tl.constexpr, PDL: tl.constexpr):
     # grid: (sequences, kv heads, splits). One program takes every query head of its kv head, so each
     # K/V tile is read once for the whole group; the rows are padded to BLOCK_H >= 16 for tl.dot.
-    wait_for_previous(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    # Before waiting for the kernel before (see triton_pdl): the loads of what no kernel of this step writes,
+    # i.e. the step's inputs and the split's first K tile but for the newest token's row, which that kernel
+    # (rotary and the K/V store) writes. A chain of dependent loads (the row's bounds, its block table entry,
+    # K) then overlaps that kernel instead of following it.
     tok = tl.load(qsl_ptr + b)
-    if tl.load(qsl_ptr + b + 1) - tok != 1:   # not a decode row (e.g. CUDA-graph padding): leave it
-        return
+    is_decode = tl.load(qsl_ptr + b + 1) - tok == 1     # else (e.g. CUDA-graph padding) the row is left alone
     seq_len = tl.load(seq_lens_ptr + b)
     # each split takes an equal, BLOCK_N-aligned share of this sequence's keys; the grid stays static,
     # and splits past the end of a short sequence do no work and report an empty partial
@@ -246,17 +273,30 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_
     offs_d = tl.arange(0, BLOCK_D)
     g_mask = offs_g < GROUP
     d_mask = offs_d < HEAD_DIM
+    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    head_off = kvh * stride_ch
+    n = lo + offs_n
+    newest = seq_len - 1
+    tile_end = tl.where(is_decode, hi, 0)
+    offs = _kv_tile_offsets(bt_row, head_off, lo, n < tile_end, lo < tile_end, stride_cb, stride_cs, offs_n,
+                            offs_d, BLOCK_SIZE)
+    k = tl.load(k_cache_ptr + offs, mask=((n < tile_end) & (n != newest))[:, None] & d_mask[None, :], other=0.0)
+    wait_for_previous(PDL)
+    if not is_decode:
+        return
     heads = kvh * GROUP + offs_g
     tok = tok.to(tl.int64)
     q = tl.load(q_ptr + tok * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+    # the newest token's K row, where it falls in the first tile (zeros there in k), and the tile's V
+    k += tl.load(k_cache_ptr + offs, mask=(n == newest)[:, None] & d_mask[None, :], other=0.0)
+    v = tl.load(v_cache_ptr + offs, mask=(n < hi)[:, None] & d_mask[None, :], other=0.0)
 
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_H], -1e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    bt_row = bt_ptr + b.to(tl.int64) * stride_bt
-    head_off = kvh * stride_ch
-    for start in range(lo, hi, BLOCK_N):
+    acc, m_i, l_i = _online_softmax_step(q, acc, m_i, l_i, k, v, n, hi, 0, sm_scale_log2, True, False, IEEE)
+    for start in range(lo + BLOCK_N, hi, BLOCK_N):
         acc, m_i, l_i = _attn_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, head_off, start,
                                    hi, 0, sm_scale_log2, stride_cb, stride_cs, offs_n, offs_d, d_mask,
                                    BLOCK_SIZE, True, False, IEEE)
