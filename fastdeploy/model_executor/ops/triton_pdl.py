@@ -6,9 +6,11 @@ it in the stream is still running; each waits (`griddepcontrol.wait`) until that
 writes are visible, then lets the kernel after it launch in turn. So every kernel launched this way calls
 `wait_for_previous` first, before it reads or writes memory and before any early return: then a kernel
 finishes only after the one before it did, and kernels launched without PDL (PyTorch's) keep the stream's
-plain order behind it. The one exception is memory that no kernel of the step writes: the wint4 GEMV loads its
-first weights before the wait, so their latency overlaps the end of the kernel before (Llama-3-8B shape, wint4,
-batch 1: 2.069 -> 2.040 ms/token).
+plain order behind it. The exception is memory that the kernel just before does not write (when a kernel starts,
+the one before that has finished: the kernel before waited for it): the wint4 GEMV loads its first weights
+before the wait, so their latency overlaps the end of the kernel before (Llama-3-8B shape, wint4, batch 1:
+2.069 -> 2.040 ms/token), and the decode attention its row's bounds, block table entry and first K tile, all
+but the newest token's row, which the rotary kernel before it stores (2.01 -> 1.97).
 
 CUDA-graph replays of one decode step on an H200 (`benchmarks/pdl_ab.py`), without -> with PDL: Llama-3-8B
 shape 4225 -> 4163 us (bf16) and 2358 -> 2183 us (wint4), SmolLM2 shape 722 -> 597 us at batch 1; at batch 64,
