@@ -132,6 +132,20 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+def step_us(graph, replays: int = 100, rounds: int = 5) -> float:
+    """Least mean time of `replays` back-to-back replays over `rounds`."""
+    best = float("inf")
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / replays * 1000)
+    return best
+
+
 def random_prompts(n, lens, vocab, seed=0):
     rng = random.Random(seed)
     return [[rng.randrange(10, vocab - 10) for _ in range(rng.choice(lens) if isinstance(lens, list) else lens)]
@@ -178,19 +192,24 @@ def gpu_smol_throughput(q, ctx):
                 transformers_output_tok_s=hf["output_tok_s"], transformers_batch=hf["batch"])
 
 
-def batch1_decode(model_dir: str, quantization: str | None = None, **engine_args) -> dict:
+def batch1_decode(model_dir: str, quantization: str | None = None, replay: bool = False, **engine_args) -> dict:
     """Batch-1 decode of 256 tokens after a 128-token prompt: ms per output token (TTFT excluded).
-    weights_gb: rank 0's (under tensor parallelism, its shard)."""
+    weights_gb: rank 0's (under tensor parallelism, its shard). replay: also the captured step's replay time
+    (step_us) and the first greedy tokens, for A/Bs (tree_ab.py)."""
     llm = dummy_llm(model_dir, max_num_seqs=1, max_model_len=1024, quantization=quantization, **engine_args)
     run_engine(llm, random_prompts(1, 128, 1000), 256)           # warm-up of the same shape
     r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
     m = r["outs"][0].metrics
     weights_gb = sum(t.numel() * t.element_size() for t in
                      [*llm.llm_engine.runner.model.parameters(), *llm.llm_engine.runner.model.buffers()]) / 1e9
+    res = dict(ms_per_token=(r["seconds"] - m.first_token_time) / 255 * 1000, ttft_ms=m.first_token_time * 1000,
+               weights_gb=weights_gb)
+    if replay:
+        res.update(step_replay_us=step_us(llm.llm_engine.runner.graphs.graphs[1][0]),
+                   tokens=r["outs"][0].outputs.token_ids[:8])
     del llm
     release()
-    return dict(ms_per_token=(r["seconds"] - m.first_token_time) / 255 * 1000, ttft_ms=m.first_token_time * 1000,
-                weights_gb=weights_gb)
+    return res
 
 
 def gpu_latency(q, ctx):

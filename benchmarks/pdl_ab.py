@@ -5,27 +5,11 @@ a graph keeps the launch flags it was captured with. The greedy tokens of the ru
 
     python benchmarks/pdl_ab.py            # H200 figures are in triton_pdl.py's docstring
 """
-import torch
-
-from bench import dummy_llm, random_prompts, release, run_engine, shape_dir
+from bench import dummy_llm, random_prompts, release, run_engine, shape_dir, step_us
 from fastdeploy.model_executor.ops import triton_pdl
 
 CASES = [("llama3-8b", None, 1), ("llama3-8b", "wint4", 1), ("smollm2-135m", None, 1), ("smollm2-135m", None, 64),
          ("llama3-8b", None, 32)]
-
-
-def step_us(graph, replays: int = 100, rounds: int = 5) -> float:
-    """Least mean time of `replays` back-to-back replays over `rounds`."""
-    best = float("inf")
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        best = min(best, start.elapsed_time(end) / replays * 1000)
-    return best
 
 
 def main():

@@ -9,8 +9,7 @@ import argparse
 
 import torch
 
-from bench import dummy_llm, random_prompts, release, run_engine, shape_dir
-from pdl_ab import step_us
+from bench import dummy_llm, random_prompts, release, run_engine, shape_dir, step_us
 from fastdeploy.model_executor.layers import attention, linear, norm
 
 _ZEROS: dict = {}

@@ -16,15 +16,9 @@ import sys
 sys.path[:0] = [{tree!r}, {tree!r} + "/benchmarks"]
 import fastdeploy
 assert fastdeploy.__file__.startswith({tree!r}), fastdeploy.__file__
-from bench import dummy_llm, random_prompts, run_engine, shape_dir
-from pdl_ab import step_us
-llm = dummy_llm(shape_dir({shape!r}), max_num_seqs=1, max_model_len=1024, quantization={quant!r})
-run_engine(llm, random_prompts(1, 128, 1000), 256)
-r = run_engine(llm, random_prompts(1, 128, 1000, seed=2), 256)
-out = r["outs"][0]
-ms = (r["seconds"] - out.metrics.first_token_time) / 255 * 1000
-us = step_us(llm.llm_engine.runner.graphs.graphs[1][0])
-print(f"{{ms:.4f}} ms/token, step replay {{us:.1f}} us, tokens {{out.outputs.token_ids[:8]}}")
+from bench import batch1_decode, shape_dir
+r = batch1_decode(shape_dir({shape!r}), {quant!r}, replay=True)
+print(f"{{r['ms_per_token']:.4f}} ms/token, step replay {{r['step_replay_us']:.1f}} us, tokens {{r['tokens']}}")
 """
 
 
